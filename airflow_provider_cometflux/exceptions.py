@@ -1,0 +1,107 @@
+"""Exceptions raised by the CometAPI FLUX provider.
+
+Every error that came from the service carries the HTTP status, the service's own message and, when one is
+known, the prediction id, so a failed task's log says what went wrong remotely and which prediction it was.
+None of them ever holds the API key.
+"""
+
+from __future__ import annotations
+
+try:
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef]
+
+
+class CometAPIError(AirflowException):
+    """
+    An error answered by CometAPI, or a failure to reach it.
+
+    :param message: the service's own error text (or a description of the transport failure).
+    :param http_status: the HTTP status of the answer, ``None`` when no answer arrived.
+    :param prediction_id: the prediction the call was about, when known.
+    :param error_type: the service's error ``type`` (CometAPI shape) or ``title`` (problem+json shape).
+    :param error_code: the service's error ``code``, when it gave one.
+    :param transient: whether trying again later may succeed (a 429, a 503, a lost connection...).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        prediction_id: str | None = None,
+        error_type: str | None = None,
+        error_code: str | None = None,
+        transient: bool = False,
+    ) -> None:
+        self.message = message
+        self.http_status = http_status
+        self.prediction_id = prediction_id
+        self.error_type = error_type
+        self.error_code = error_code
+        self.transient = transient
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.http_status is not None:
+            where.append(f"HTTP {self.http_status}")
+        if self.prediction_id:
+            where.append(f"prediction {self.prediction_id}")
+        if self.error_code:
+            where.append(f"code {self.error_code}")
+        prefix = f"CometAPI error ({', '.join(where)})" if where else "CometAPI error"
+        return f"{prefix}: {self.message}"
+
+    def __reduce__(self):  # keep keyword arguments through pickling (Airflow ships exceptions across processes)
+        return (
+            _rebuild,
+            (
+                type(self),
+                self.message,
+                {
+                    "http_status": self.http_status,
+                    "prediction_id": self.prediction_id,
+                    "error_type": self.error_type,
+                    "error_code": self.error_code,
+                    "transient": self.transient,
+                },
+            ),
+        )
+
+
+def _rebuild(cls: type[CometAPIError], message: str, kwargs: dict) -> CometAPIError:
+    return cls(message, **kwargs)
+
+
+class CometAPIAuthError(CometAPIError):
+    """The service refused the API key (HTTP 401 or 403)."""
+
+
+class CometAPIConnectionConfigError(AirflowFailException):
+    """The Airflow connection is missing or has no API key; the message says how to set one up."""
+
+
+class PredictionMayExistError(CometAPIError):
+    """A create request was sent but its answer was lost: the prediction may exist and is not resubmitted."""
+
+
+class PredictionFailedError(CometAPIError):
+    """A prediction ended ``failed``, ``canceled`` or ``aborted``, or could not be watched to its end."""
+
+
+class PredictionTimeoutError(CometAPIError):
+    """A prediction did not finish before the task's deadline."""
+
+
+class CometFluxInputError(AirflowFailException, ValueError):
+    """
+    Input that the service would refuse (or charge for and then fail), caught before any request.
+
+    It fails the task without retries: the same input would fail the same way again.
+    """
+
+
+class OutputExpiredError(CometAPIError):
+    """A delivery URL answered 403/404/410: the service has already deleted the output."""

@@ -1,0 +1,551 @@
+"""The CometAPI hook: the only module of this provider that speaks HTTP.
+
+Sync calls use one ``requests`` session per hook; async calls (for triggers) use one ``aiohttp`` session per
+event loop, shared by every hook on that loop, so a triggerer polling thousands of predictions keeps one
+bounded keep-alive connection pool. ``aiohttp`` is imported on first async use, so DAG parsing never pays for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cometflux.exceptions import (
+    CometAPIAuthError,
+    CometAPIConnectionConfigError,
+    CometAPIError,
+    OutputExpiredError,
+    PredictionMayExistError,
+    PredictionTimeoutError,
+)
+from airflow_provider_cometflux.models import (
+    Prediction,
+    check_prediction_id,
+    note_status,
+    split_model,
+)
+from airflow_provider_cometflux.retries import RetryPolicy, is_retryable_status, parse_retry_after, poll_delays
+
+try:
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 3.0
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
+
+if TYPE_CHECKING:
+    import aiohttp
+    import requests
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.cometapi.com"
+API_PREFIX = "/replicate/v1"
+USER_AGENT = "airflow-provider-cometflux"
+
+#: The largest ``Prefer: wait=N`` Replicate accepts.
+MAX_SYNC_WAIT = 60
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    base_url: str
+    api_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What one try of a request came to: the parsed body, or an error and whether to try again."""
+
+    data: dict[str, Any] | None = None
+    error: CometAPIError | None = None
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+def _service_error(
+    status: int, body: bytes, content_type: str, prediction_id: str | None, retry_after: float | None = None
+) -> _Answer:
+    """Turn an error answer, in either of the service's error shapes (or HTML), into one exception."""
+    message, error_type, error_code = None, None, None
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, Mapping):
+        err = payload.get("error")
+        if isinstance(err, Mapping):  # CometAPI: {"error": {"message", "type", "param", "code"}}
+            message = err.get("message")
+            error_type, error_code = err.get("type"), err.get("code")
+            if err.get("param"):
+                message = f"{message} (param: {err.get('param')})"
+        elif isinstance(err, str):
+            message = err
+        elif "title" in payload or "detail" in payload:  # Replicate: problem+json
+            error_type = payload.get("title")
+            message = payload.get("detail") or payload.get("title")
+    if not message:
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        kind = "an HTML page" if "html" in content_type or snippet.lower().startswith("<") else "a non-JSON body"
+        message = f"the service answered {kind}" + (f": {snippet!r}" if snippet and "html" not in kind else "")
+    cls = CometAPIAuthError if status in (401, 403) else CometAPIError
+    error = cls(
+        str(message),
+        http_status=status,
+        prediction_id=prediction_id,
+        error_type=str(error_type) if error_type else None,
+        error_code=str(error_code) if error_code else None,
+    )
+    return _Answer(error=error, retryable=is_retryable_status(status, error.error_code), retry_after=retry_after)
+
+
+def _read_answer(
+    status: int, headers: Mapping[str, str], body: bytes, *, op: str, prediction_id: str | None
+) -> _Answer:
+    """Decide what an HTTP answer means for a request of kind ``op`` (``create``, ``get`` or ``cancel``)."""
+    content_type = headers.get("Content-Type", "")
+    if status >= 400:
+        return _service_error(status, body, content_type, prediction_id, parse_retry_after(headers.get("Retry-After")))
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return _Answer(data=data)
+    snippet = body[:120].decode("utf-8", "replace")
+    if op == "create":  # accepted, but we cannot tell which prediction: never resubmit blindly
+        error: CometAPIError = PredictionMayExistError(
+            f"the create answered HTTP {status} with a body that is not a prediction ({snippet!r}); "
+            "a prediction may have been created: check your CometAPI dashboard before retrying",
+            http_status=status,
+        )
+        return _Answer(error=error)
+    error = CometAPIError(
+        f"the service answered HTTP {status} with a body that is not JSON: {snippet!r}",
+        http_status=status,
+        prediction_id=prediction_id,
+    )
+    return _Answer(error=error, retryable=True)
+
+
+def _transport_failure(op: str, exc: BaseException, *, sent: bool, prediction_id: str | None) -> _Answer:
+    """
+    A request that got no answer. A create is retried only when it provably never reached the service.
+    """
+    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if op == "create" and sent:
+        return _Answer(
+            error=PredictionMayExistError(
+                f"the create request was sent but its answer was lost ({reason}); a prediction may exist and "
+                "was not resubmitted, to avoid paying twice: check your CometAPI dashboard before retrying",
+            )
+        )
+    error = CometAPIError(f"could not reach CometAPI ({reason})", prediction_id=prediction_id)
+    return _Answer(error=error, retryable=True)
+
+
+# One aiohttp session per event loop, shared by every hook running on that loop.
+_ASYNC_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+    weakref.WeakKeyDictionary()
+)
+#: Connections the shared async pool keeps open at most (per event loop).
+ASYNC_POOL_LIMIT = 256
+
+
+def _shared_async_session() -> aiohttp.ClientSession:
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    session = _ASYNC_SESSIONS.get(loop)
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(limit=ASYNC_POOL_LIMIT, ttl_dns_cache=300, keepalive_timeout=60)
+        session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
+        _ASYNC_SESSIONS[loop] = session
+    return session
+
+
+async def close_async_session() -> None:
+    """Close this event loop's shared HTTP session (for tests and clean shutdowns; it reopens on next use)."""
+    session = _ASYNC_SESSIONS.pop(asyncio.get_running_loop(), None)
+    if session is not None and not session.closed:
+        await session.close()
+
+
+class CometAPIHook(BaseHook):
+    """
+    Calls CometAPI's Replicate-format prediction API.
+
+    The connection's password is the CometAPI key; its host, if set, replaces ``https://api.cometapi.com``.
+
+    :param cometapi_conn_id: the Airflow connection to use (type ``cometapi``).
+    :param connect_timeout: seconds to wait for a TCP/TLS connection.
+    :param read_timeout: seconds to wait for an answer; CometAPI's GET can take tens of seconds, which is normal.
+    :param retry_policy: how transient failures are retried (both the sync and the async calls use it).
+    """
+
+    conn_name_attr = "cometapi_conn_id"
+    default_conn_name = "cometapi_default"
+    conn_type = "cometapi"
+    hook_name = "CometAPI"
+
+    def __init__(
+        self,
+        cometapi_conn_id: str = default_conn_name,
+        *,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__()
+        self.cometapi_conn_id = cometapi_conn_id
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.retry_policy = retry_policy or RetryPolicy()
+        self._async_credentials: _Credentials | None = None
+
+    # -- connection form -------------------------------------------------------------------------------------
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Labels and hidden fields for the connection form."""
+        return {
+            "hidden_fields": ["schema", "login", "port", "extra"],
+            "relabeling": {"password": "API key", "host": "Base URL"},
+            "placeholders": {"host": DEFAULT_BASE_URL, "password": "sk-..."},
+        }
+
+    # -- credentials -----------------------------------------------------------------------------------------
+
+    def _credentials_from(self, conn: Any) -> _Credentials:
+        from airflow.sdk.log import mask_secret
+
+        api_key = (conn.password or "").strip()
+        if not api_key:
+            raise CometAPIConnectionConfigError(
+                f"Connection '{self.cometapi_conn_id}' has no API key. Put your CometAPI key in the connection's "
+                "password field (Admin -> Connections), or set AIRFLOW_CONN_"
+                f'{self.cometapi_conn_id.upper()}=\'{{"conn_type": "cometapi", "password": "<your key>"}}\'.'
+            )
+        mask_secret(api_key)
+        host = (conn.host or "").strip().rstrip("/")
+        if not host:
+            base_url = DEFAULT_BASE_URL
+        elif "://" in host:
+            base_url = host
+        else:
+            base_url = f"{conn.schema or 'https'}://{host}"
+        if conn.port and "://" not in host:
+            base_url = f"{base_url}:{conn.port}"
+        return _Credentials(base_url=base_url, api_key=api_key)
+
+    def _missing_connection(self, exc: Exception) -> CometAPIConnectionConfigError:
+        return CometAPIConnectionConfigError(
+            f"Connection '{self.cometapi_conn_id}' was not found ({type(exc).__name__}). Create a connection of "
+            "type 'cometapi' with your CometAPI key as its password, e.g. "
+            f'AIRFLOW_CONN_{self.cometapi_conn_id.upper()}=\'{{"conn_type": "cometapi", '
+            '"password": "<your key>"}\' or in the UI under Admin -> Connections.'
+        )
+
+    @cached_property
+    def credentials(self) -> _Credentials:
+        """The base URL and key, read from the connection once per hook."""
+        try:
+            conn = self.get_connection(self.cometapi_conn_id)
+        except Exception as exc:
+            if "NotFound" in type(exc).__name__:
+                raise self._missing_connection(exc) from None
+            raise
+        return self._credentials_from(conn)
+
+    async def _aget_credentials(self) -> _Credentials:
+        if self._async_credentials is None:
+            try:
+                aget = getattr(BaseHook, "aget_connection", None)
+                if aget is not None:
+                    conn = await aget(self.cometapi_conn_id)
+                else:  # Airflow 3.0: run the blocking lookup off the event loop
+                    from asgiref.sync import sync_to_async
+
+                    conn = await sync_to_async(BaseHook.get_connection)(self.cometapi_conn_id)
+            except Exception as exc:
+                if "NotFound" in type(exc).__name__:
+                    raise self._missing_connection(exc) from None
+                raise
+            self._async_credentials = self._credentials_from(conn)
+        return self._async_credentials
+
+    # -- sync transport --------------------------------------------------------------------------------------
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One ``requests`` session per hook: keep-alive, with the key in its headers."""
+        import requests
+
+        session = requests.Session()
+        session.headers.update(
+            {
+                "Authorization": f"Bearer {self.credentials.api_key}",
+                "Accept": "application/json",
+                "User-Agent": USER_AGENT,
+            }
+        )
+        return session
+
+    def _url(self, base_url: str, path: str) -> str:
+        return f"{base_url}{API_PREFIX}{path}"
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        prediction_id: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        import requests
+
+        url = self._url(self.credentials.base_url, path)
+        timeout = (self.connect_timeout, read_timeout or self.read_timeout)
+        for attempt in range(self.retry_policy.max_retries + 1):
+            try:
+                resp = self.session.request(method, url, json=body, headers=headers, timeout=timeout)
+            except requests.RequestException as exc:
+                answer = _transport_failure(op, exc, sent=_was_sent(exc), prediction_id=prediction_id)
+            else:
+                answer = _read_answer(resp.status_code, resp.headers, resp.content, op=op, prediction_id=prediction_id)
+            if answer.data is not None:
+                return answer.data
+            time.sleep(self._retry_delay(answer, attempt))
+        raise AssertionError("unreachable")
+
+    def _retry_delay(self, answer: _Answer, attempt: int) -> float:
+        """The wait before the next try, or raise the answer's error when it is final or tries are used up."""
+        assert answer.error is not None
+        answer.error.transient = answer.retryable
+        if not answer.retryable or attempt >= self.retry_policy.max_retries:
+            raise answer.error
+        delay = self.retry_policy.delay(attempt, answer.retry_after)
+        tries = self.retry_policy.max_retries + 1
+        log.warning("%s; retrying in %.1fs (try %d of %d).", answer.error, delay, attempt + 2, tries)
+        return delay
+
+    # -- async transport -------------------------------------------------------------------------------------
+
+    async def _acall(self, method: str, path: str, *, op: str, prediction_id: str | None = None) -> dict[str, Any]:
+        import aiohttp
+
+        creds = await self._aget_credentials()
+        session = _shared_async_session()
+        url = self._url(creds.base_url, path)
+        headers = {"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"}
+        timeout = aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=self.read_timeout)
+        for attempt in range(self.retry_policy.max_retries + 1):
+            try:
+                async with session.request(method, url, headers=headers, timeout=timeout) as resp:
+                    body = await resp.read()
+                    answer = _read_answer(resp.status, resp.headers, body, op=op, prediction_id=prediction_id)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                sent = not isinstance(exc, aiohttp.ClientConnectorError)
+                answer = _transport_failure(op, exc, sent=sent, prediction_id=prediction_id)
+            if answer.data is not None:
+                return answer.data
+            await asyncio.sleep(self._retry_delay(answer, attempt))
+        raise AssertionError("unreachable")
+
+    # -- the API ---------------------------------------------------------------------------------------------
+
+    def create_prediction(
+        self, model: str, input: Mapping[str, Any], *, wait: int | None = None, cancel_after: str | None = None
+    ) -> dict[str, Any]:
+        """
+        Create a prediction: ``POST /replicate/v1/models/{owner}/{name}/predictions`` with ``{"input": input}``.
+
+        A create is retried only when the service provably did not create the prediction (connection refused,
+        429 or another retryable error status); when the answer is lost after sending, it raises
+        :class:`~airflow_provider_cometflux.exceptions.PredictionMayExistError` instead of paying twice.
+
+        :param model: ``owner/name``, e.g. ``black-forest-labs/flux-schnell``.
+        :param input: the model inputs (``prompt`` and the rest).
+        :param wait: if set (1..60), send ``Prefer: wait=N`` so the service may answer with a finished prediction;
+            harmless when the service ignores it.
+        :param cancel_after: if set (e.g. ``"5m"``), send ``Cancel-After`` so the service gives up by itself.
+        :return: the prediction JSON.
+        """
+        owner, name = split_model(model)
+        headers: dict[str, str] = {"Content-Type": "application/json"}
+        read_timeout = None
+        if wait:
+            wait = max(1, min(MAX_SYNC_WAIT, int(wait)))
+            headers["Prefer"] = f"wait={wait}"
+            read_timeout = self.read_timeout + wait
+        if cancel_after:
+            headers["Cancel-After"] = cancel_after
+        prediction = self._call(
+            "POST",
+            f"/models/{owner}/{name}/predictions",
+            op="create",
+            body={"input": dict(input)},
+            headers=headers,
+            read_timeout=read_timeout,
+        )
+        log.info("Created prediction %s (%s), status %s.", prediction.get("id"), model, prediction.get("status"))
+        return prediction
+
+    def get_prediction(self, prediction_id: str) -> dict[str, Any]:
+        """
+        Read a prediction from CometAPI's own route (never ``urls.get``, which a CometAPI key cannot use).
+
+        :param prediction_id: the prediction's id.
+        """
+        pid = check_prediction_id(prediction_id)
+        return self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid)
+
+    def cancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
+        """
+        Ask the service to cancel a prediction, best effort.
+
+        :param prediction_id: the prediction's id.
+        :return: the prediction, or ``None`` when the service has no cancel route (404/405, logged) or failed.
+        """
+        pid = check_prediction_id(prediction_id)
+        try:
+            return self._call("POST", f"/predictions/{pid}/cancel", op="cancel", prediction_id=pid)
+        except CometAPIError as exc:
+            _cancel_not_done(pid, exc)
+            return None
+
+    async def aget_prediction(self, prediction_id: str) -> dict[str, Any]:
+        """
+        Async :meth:`get_prediction`, for triggers: never blocks the event loop.
+
+        :param prediction_id: the prediction's id.
+        """
+        pid = check_prediction_id(prediction_id)
+        return await self._acall("GET", f"/predictions/{pid}", op="get", prediction_id=pid)
+
+    async def acancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
+        """
+        Async :meth:`cancel_prediction`, best effort.
+
+        :param prediction_id: the prediction's id.
+        """
+        pid = check_prediction_id(prediction_id)
+        try:
+            return await self._acall("POST", f"/predictions/{pid}/cancel", op="cancel", prediction_id=pid)
+        except CometAPIError as exc:
+            _cancel_not_done(pid, exc)
+            return None
+
+    def wait_for_prediction(
+        self, prediction_id: str, *, poll_interval: float = 2.0, timeout: float | None = 600.0
+    ) -> dict[str, Any]:
+        """
+        Poll until the prediction is terminal (``succeeded``, ``failed``, ``canceled`` or ``aborted``).
+
+        Polls come quickly at first, then every ``poll_interval`` seconds. An unknown status counts as in flight.
+
+        :param prediction_id: the prediction's id.
+        :param poll_interval: the steady delay between polls, in seconds.
+        :param timeout: give up after this many seconds (``None``: never).
+        :return: the terminal prediction JSON (whatever its status: the caller decides what failure means).
+        :raises PredictionTimeoutError: at the deadline, saying how long it waited and the last status seen.
+        """
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        delays = poll_delays(poll_interval)
+        while True:
+            prediction = Prediction(self.get_prediction(prediction_id))
+            if prediction.is_terminal:
+                return dict(prediction.raw)
+            note_status(prediction)
+            delay = next(delays)
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PredictionTimeoutError(
+                        f"gave up after {time.monotonic() - started:.0f}s (timeout {timeout:g}s); "
+                        f"last status '{prediction.status}'",
+                        prediction_id=prediction_id,
+                    )
+                delay = min(delay, remaining)
+            time.sleep(delay)
+
+    @contextlib.contextmanager
+    def open_output(self, url: str, *, prediction_id: str | None = None) -> Iterator[requests.Response]:
+        """
+        Open a delivery URL for streaming. The API key is never sent to it: delivery hosts are not CometAPI.
+
+        :param url: an http(s) output URL of a prediction.
+        :param prediction_id: for error messages.
+        :raises OutputExpiredError: on 403/404/410, which mean the service has already deleted the output.
+        """
+        import requests
+
+        with requests.get(
+            url, stream=True, timeout=(self.connect_timeout, self.read_timeout), headers={"User-Agent": USER_AGENT}
+        ) as resp:
+            if resp.status_code in (403, 404, 410):
+                raise OutputExpiredError(
+                    f"the delivery URL {url} is gone (expired: the service deletes outputs after about an hour); "
+                    "set output_path so the provider copies images into your own storage as soon as they are ready",
+                    http_status=resp.status_code,
+                    prediction_id=prediction_id,
+                )
+            if resp.status_code >= 400:
+                answer = _service_error(
+                    resp.status_code, resp.content[:1000], resp.headers.get("Content-Type", ""), prediction_id
+                )
+                assert answer.error is not None
+                answer.error.transient = answer.retryable
+                raise answer.error
+            yield resp
+
+    def test_connection(self) -> tuple[bool, str]:
+        """
+        One cheap authenticated call: read a prediction that does not exist.
+
+        A 404 means the key was accepted; 401/403 that it was refused.
+        """
+        try:
+            self._call("GET", "/predictions/connection-test", op="get")
+        except CometAPIAuthError as exc:
+            return False, f"CometAPI refused the API key (HTTP {exc.http_status}): {exc.message}"
+        except CometAPIConnectionConfigError as exc:
+            return False, str(exc)
+        except CometAPIError as exc:
+            if exc.http_status == 404:
+                return True, f"Connected to {self.credentials.base_url}: the API key was accepted."
+            if exc.http_status is None:
+                return False, f"Could not reach {self.credentials.base_url}: {exc.message}"
+            return False, str(exc)
+        return True, f"Connected to {self.credentials.base_url}: the API key was accepted."
+
+
+def _was_sent(exc: BaseException) -> bool:
+    """Whether a failed ``requests`` call may have reached the service (anything but a refused connection)."""
+    import requests
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.ConnectionError):
+        text = repr(exc.args[0]) if exc.args else ""
+        return not any(s in text for s in ("NewConnectionError", "Connection refused", "NameResolutionError"))
+    return True
+
+
+def _cancel_not_done(prediction_id: str, exc: CometAPIError) -> None:
+    if exc.http_status in (404, 405):
+        log.warning(
+            "CometAPI has no cancel route for prediction %s (HTTP %s); not cancelled.", prediction_id, exc.http_status
+        )
+    else:
+        log.warning("Could not cancel prediction %s: %s", prediction_id, exc)

@@ -1,0 +1,314 @@
+"""What a prediction is: statuses, output normalising, model ids and per-model input validation.
+
+Pure data handling: nothing here speaks HTTP or touches Airflow, so it is cheap to import and easy to test.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_provider_cometflux.exceptions import CometFluxInputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "black-forest-labs/flux-schnell"
+
+IN_FLIGHT_STATUSES = frozenset({"starting", "processing"})
+FAILED_STATUSES = frozenset({"failed", "canceled", "aborted"})
+SUCCESS_STATUS = "succeeded"
+TERMINAL_STATUSES = FAILED_STATUSES | {SUCCESS_STATUS}
+
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PREDICTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def split_model(model: object) -> tuple[str, str]:
+    """
+    Check a model id of the form ``owner/name`` and split it.
+
+    :param model: the model id, e.g. ``black-forest-labs/flux-schnell``.
+    :return: ``(owner, name)``.
+    :raises CometFluxInputError: when the id is not ``owner/name``.
+    """
+    if not isinstance(model, str) or not _MODEL_ID.match(model):
+        raise CometFluxInputError(
+            f"model: {model!r} is not a model id; expected 'owner/name' "
+            f"such as {DEFAULT_MODEL!r} (letters, digits, '.', '_', '-')."
+        )
+    owner, name = model.split("/")
+    return owner, name
+
+
+def check_prediction_id(prediction_id: object) -> str:
+    """
+    Check that a prediction id is a non-empty token that is safe to put in a URL path.
+
+    :param prediction_id: the id as given by the user or the service.
+    :raises CometFluxInputError: when it is empty or holds characters other than letters, digits, ``_``, ``-``.
+    """
+    if not isinstance(prediction_id, str) or not _PREDICTION_ID.match(prediction_id):
+        raise CometFluxInputError(
+            f"prediction_id: {prediction_id!r} is not a prediction id; expected letters, digits, '_' or '-'."
+        )
+    return prediction_id
+
+
+def normalize_output(output: object) -> list[str]:
+    """
+    Turn a prediction's ``output`` into a list of http(s) URLs.
+
+    FLUX schnell and dev answer a list, FLUX 1.1 pro and the kontext models one string; ``None`` means none yet.
+
+    :param output: the ``output`` field of a prediction.
+    :raises ValueError: on a value that is not a URL string or a list of them, or a URL that is not http(s).
+    """
+    if output is None:
+        return []
+    items = [output] if isinstance(output, str) else output
+    if not isinstance(items, list):
+        raise ValueError(f"unexpected output {type(output).__name__}: expected a URL or a list of URLs")
+    urls: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or urlsplit(item).scheme not in ("http", "https"):
+            raise ValueError(f"refusing output {str(item)[:100]!r}: only http(s) URLs are accepted")
+        urls.append(item)
+    return urls
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """
+    A read-only view of a prediction as the service answered it.
+
+    :param raw: the prediction JSON.
+    """
+
+    raw: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return str(self.raw.get("id") or "")
+
+    @property
+    def status(self) -> str:
+        return str(self.raw.get("status") or "")
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCESS_STATUS
+
+    @property
+    def error(self) -> str | None:
+        err = self.raw.get("error")
+        if err in (None, ""):
+            return None
+        if isinstance(err, Mapping):
+            return str(err.get("message") or err.get("detail") or json.dumps(dict(err)))
+        return str(err)
+
+    @property
+    def output_urls(self) -> list[str]:
+        return normalize_output(self.raw.get("output"))
+
+    @property
+    def web_url(self) -> str | None:
+        """The page for people (``urls.web``); never used for API calls."""
+        urls = self.raw.get("urls")
+        web = urls.get("web") if isinstance(urls, Mapping) else None
+        return web if isinstance(web, str) and web.startswith(("http://", "https://")) else None
+
+    def failure_message(self) -> str:
+        """A message for a prediction that did not succeed, with the service's error text and the id."""
+        reason = self.error or "the service gave no error message"
+        return f"Prediction {self.id} ended with status '{self.status}': {reason}"
+
+    def summary(self) -> dict[str, Any]:
+        """
+        The parts worth keeping downstream (XCom ``prediction``): no input images, no logs, nothing secret.
+        """
+        keys = ("id", "model", "version", "status", "error", "created_at", "started_at", "completed_at", "metrics")
+        out = {k: self.raw.get(k) for k in keys if k in self.raw}
+        out["output"] = self.raw.get("output")
+        web = self.web_url
+        if web:
+            out["web_url"] = web
+        return out
+
+
+def note_status(prediction: Prediction) -> None:
+    """Log a status the provider does not know; such a prediction is treated as still in flight."""
+    if prediction.status not in TERMINAL_STATUSES | IN_FLIGHT_STATUSES:
+        log.warning(
+            "Prediction %s has unknown status %r; treating it as still running.", prediction.id, prediction.status
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input validation
+# ----------------------------------------------------------------------------------------------------------
+
+ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
+
+
+@dataclass(frozen=True)
+class Field:
+    """
+    The rule for one model input.
+
+    :param kind: ``str``, ``int``, ``number``, ``bool`` or ``image`` (a URL or data URI string).
+    :param choices: the allowed values, if the input is an enum.
+    :param low: the smallest allowed number.
+    :param high: the largest allowed number.
+    """
+
+    kind: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def check(self, name: str, value: Any) -> None:
+        """
+        :raises CometFluxInputError: naming the field, the bad value and what is allowed.
+        """
+        allowed = self.describe()
+        if not self._type_ok(value):
+            raise CometFluxInputError(f"input.{name}: {value!r} is not allowed; expected {allowed}.")
+        if self.choices is not None and value not in self.choices:
+            raise CometFluxInputError(f"input.{name}: {value!r} is not allowed; expected {allowed}.")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise CometFluxInputError(f"input.{name}: {value!r} is out of range; expected {allowed}.")
+
+    def _type_ok(self, value: Any) -> bool:
+        if self.kind == "bool":
+            return isinstance(value, bool)
+        if self.kind == "int":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if self.kind == "number":
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if self.kind == "image":
+            return isinstance(value, str) and value.startswith(("http://", "https://", "data:"))
+        return isinstance(value, str)
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        names = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
+        text = names.get(self.kind, "an http(s) URL or a data: URI")
+        if self.low is not None and self.high is not None:
+            text += f" from {self.low:g} to {self.high:g}"
+        return text
+
+
+_OUTPUT_FORMAT = Field("str", choices=("webp", "jpg", "png"))
+_SCHNELL: dict[str, Field] = {
+    "prompt": Field("str"),
+    "aspect_ratio": Field("str", choices=ASPECT_RATIOS),
+    "num_outputs": Field("int", low=1, high=4),
+    "num_inference_steps": Field("int", low=1, high=4),
+    "seed": Field("int"),
+    "output_format": _OUTPUT_FORMAT,
+    "output_quality": Field("int", low=0, high=100),
+    "go_fast": Field("bool"),
+    "megapixels": Field("str", choices=("1", "0.25")),
+    "disable_safety_checker": Field("bool"),
+}
+_DEV: dict[str, Field] = {
+    **_SCHNELL,
+    "num_inference_steps": Field("int", low=1, high=50),
+    "guidance": Field("number", low=0, high=10),
+    "image": Field("image"),
+    "prompt_strength": Field("number", low=0, high=1),
+}
+_PRO_11: dict[str, Field] = {
+    "prompt": Field("str"),
+    "aspect_ratio": Field("str", choices=(*ASPECT_RATIOS, "custom")),
+    "width": Field("int", low=256, high=1440),
+    "height": Field("int", low=256, high=1440),
+    "image_prompt": Field("image"),
+    "safety_tolerance": Field("int", low=1, high=6),
+    "seed": Field("int"),
+    "prompt_upsampling": Field("bool"),
+    "output_format": _OUTPUT_FORMAT,
+    "output_quality": Field("int", low=0, high=100),
+}
+_KONTEXT: dict[str, Field] = {
+    "prompt": Field("str"),
+    "input_image": Field("image"),
+    "aspect_ratio": Field("str", choices=(*ASPECT_RATIOS, "match_input_image")),
+    "output_format": Field("str", choices=("jpg", "png")),
+    "safety_tolerance": Field("int", low=0, high=6),
+    "seed": Field("int"),
+    "prompt_upsampling": Field("bool"),
+}
+
+#: Known FLUX models and the rules for their inputs; any other model id is passed through unvalidated.
+MODEL_SCHEMAS: dict[str, dict[str, Field]] = {
+    "black-forest-labs/flux-schnell": _SCHNELL,
+    "black-forest-labs/flux-dev": _DEV,
+    "black-forest-labs/flux-1.1-pro": _PRO_11,
+    "black-forest-labs/flux-kontext-pro": _KONTEXT,
+    "black-forest-labs/flux-kontext-max": _KONTEXT,
+}
+
+
+def build_input(prompt: str | None, input: Mapping[str, Any] | None) -> dict[str, Any]:
+    """
+    Merge ``prompt`` into ``input`` (``prompt`` wins) and check that the result can be sent as JSON.
+
+    :param prompt: the prompt, or ``None`` to use ``input["prompt"]``.
+    :param input: the other model inputs.
+    :raises CometFluxInputError: when ``input`` is not a mapping or cannot be serialised as JSON.
+    """
+    if input is not None and not isinstance(input, Mapping):
+        raise CometFluxInputError(f"input: {input!r} is not allowed; expected a mapping of model inputs.")
+    merged = dict(input or {})
+    if prompt is not None:
+        merged["prompt"] = prompt
+    try:
+        json.dumps(merged, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise CometFluxInputError(f"input: cannot be sent as JSON ({err}); use strings, numbers and booleans.") from err
+    return merged
+
+
+def validate_input(model: str, input: Mapping[str, Any]) -> None:
+    """
+    Validate model inputs before any request is made.
+
+    Every model needs a non-empty string ``prompt``. For the FLUX models in :data:`MODEL_SCHEMAS`, wrong types,
+    values outside an enum and numbers out of range fail, and unknown keys are logged as a warning.
+
+    :param model: the model id (already checked with :func:`split_model`).
+    :param input: the merged model inputs.
+    :raises CometFluxInputError: naming the field, the bad value and what is allowed.
+    """
+    prompt = input.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise CometFluxInputError(f"input.prompt: {prompt!r} is not allowed; expected a non-empty string.")
+    schema = MODEL_SCHEMAS.get(model)
+    if schema is None:
+        return
+    for name, value in input.items():
+        rule = schema.get(name)
+        if rule is None:
+            log.warning(
+                "input.%s is not a known input of %s; sending it anyway (known: %s).",
+                name,
+                model,
+                ", ".join(sorted(schema)),
+            )
+            continue
+        rule.check(name, value)
+    if input.get("aspect_ratio") == "custom" and not ("width" in input and "height" in input):
+        raise CometFluxInputError("input.aspect_ratio: 'custom' needs input.width and input.height (256..1440).")

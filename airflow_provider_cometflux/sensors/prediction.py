@@ -1,0 +1,114 @@
+"""The sensor: wait for an existing prediction (poke, reschedule or deferrable) and return its images."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cometflux.completion import complete
+from airflow_provider_cometflux.events import make_event
+from airflow_provider_cometflux.links import CometAPIPredictionLink
+from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
+from airflow_provider_cometflux.operators.flux import DEFER_GRACE
+
+try:
+    from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+except ImportError:  # Airflow 3.0
+    from airflow.configuration import conf  # type: ignore[no-redef,assignment]
+    from airflow.sdk import BaseSensorOperator, PokeReturnValue
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+
+class CometFluxPredictionSensor(BaseSensorOperator):
+    """
+    Waits for a prediction created elsewhere (e.g. by ``CometFluxPredictionOperator(wait_for_completion=False)``)
+    and returns the same ``list[str]`` as the operator: stored URIs with ``output_path``, else delivery URLs.
+
+    Fails when the prediction ends ``failed``, ``canceled`` or ``aborted``, with the service's error text.
+
+    :param prediction_id: the prediction to wait for (templated), e.g.
+        ``"{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}"``.
+    :param cometapi_conn_id: the Airflow connection of type ``cometapi``.
+    :param output_path: a folder URI or ``ObjectStoragePath`` to copy the images into (templated).
+    :param deferrable: wait in the triggerer. Defaults to ``[operators] default_deferrable``.
+    :param poke_interval: seconds between polls (also the trigger's poll interval).
+    :param timeout: seconds to wait before failing (the usual sensor ``timeout``); 600 by default.
+    """
+
+    template_fields: Sequence[str] = ("prediction_id", "output_path")
+    operator_extra_links = (CometAPIPredictionLink(),)
+    ui_color = "#f3e8ff"
+
+    def __init__(
+        self,
+        *,
+        prediction_id: str,
+        cometapi_conn_id: str = "cometapi_default",
+        output_path: str | ObjectStoragePath | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poke_interval: float = 2.0,
+        timeout: float = 600,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.prediction_id = prediction_id
+        self.cometapi_conn_id = cometapi_conn_id
+        self.output_path = output_path
+        self.deferrable = deferrable
+        self._link_stored = False
+
+    @cached_property
+    def hook(self) -> CometAPIHook:
+        from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+        return CometAPIHook(self.cometapi_conn_id)
+
+    def execute(self, context: Context) -> Any:
+        check_prediction_id(self.prediction_id)
+        if not self.deferrable:
+            return super().execute(context)
+        from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+
+        self.defer(
+            trigger=CometFluxPredictionTrigger(
+                prediction_id=self.prediction_id,
+                cometapi_conn_id=self.cometapi_conn_id,
+                poll_interval=self.poke_interval,
+                end_time=time.time() + self.timeout,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout + DEFER_GRACE),
+        )
+
+    def poke(self, context: Context) -> PokeReturnValue:
+        prediction = Prediction(self.hook.get_prediction(self.prediction_id))
+        if not self._link_stored:
+            CometAPIPredictionLink.persist(context, prediction.web_url)
+            self._link_stored = True
+        if not prediction.is_terminal:
+            note_status(prediction)
+            self.log.info("Prediction %s is %s.", self.prediction_id, prediction.status)
+            return PokeReturnValue(is_done=False)
+        event = make_event(prediction.status, self.prediction_id, prediction=prediction)
+        return PokeReturnValue(is_done=True, xcom_value=self._complete(context, event))
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
+        """
+        Finish after a deferred wait: raise on every event but success.
+
+        :param context: the task's context.
+        :param event: ``{"status", "prediction_id", "prediction", "message"}`` from the trigger.
+        """
+        prediction = (event or {}).get("prediction") or {}
+        CometAPIPredictionLink.persist(context, Prediction(prediction).web_url)
+        return self._complete(context, event)
+
+    def _complete(self, context: Context, event: dict[str, Any] | None) -> list[str]:
+        return complete(context, event, hook=self.hook, output_path=self.output_path)

@@ -1,0 +1,202 @@
+"""Durable copies of a prediction's outputs, through Airflow's ObjectStoragePath (file://, s3://, gs://, ...).
+
+Each image is streamed in chunks to a temporary name beside its target and moved into place only when whole,
+so a reader never sees a partial file. Names come from the prediction id and the output's position, never from
+the remote side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pathlib
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cometflux.exceptions import CometAPIError, OutputExpiredError
+from airflow_provider_cometflux.retries import RetryPolicy
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+
+#: output_format -> (file extension, Content-Type)
+FORMATS: dict[str, tuple[str, str]] = {
+    "webp": ("webp", "image/webp"),
+    "jpg": ("jpg", "image/jpeg"),
+    "png": ("png", "image/png"),
+}
+_EXT_BY_CONTENT_TYPE = {ctype: ext for ext, ctype in FORMATS.values()}
+
+
+class IncompleteDownloadError(CometAPIError):
+    """A download ended before its Content-Length (retried, then raised)."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """What XCom ``images`` holds for one image."""
+
+    uri: str
+    source_url: str
+    sha256: str
+    bytes: int
+    content_type: str
+
+
+def as_storage_path(output_path: str | ObjectStoragePath) -> ObjectStoragePath:
+    """
+    :param output_path: a URI (``file:///data/images``, ``s3://bucket/prefix``, a local path) or a path object.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(output_path, ObjectStoragePath):
+        return output_path
+    text = str(output_path)
+    if "://" not in text:
+        text = "file://" + str(pathlib.Path(text).resolve())
+    return ObjectStoragePath(text)
+
+
+def store_outputs(
+    hook: CometAPIHook,
+    urls: list[str],
+    output_path: str | ObjectStoragePath,
+    prediction_id: str,
+    *,
+    output_format: str | None = None,
+    retry_policy: RetryPolicy | None = None,
+) -> list[StoredImage]:
+    """
+    Copy every output URL to ``<output_path>/<prediction_id>-<index>.<ext>``, whole or not at all.
+
+    :param hook: the hook that opens the delivery URLs (the only place that speaks HTTP).
+    :param urls: the prediction's output URLs, in order.
+    :param output_path: the folder to copy into.
+    :param prediction_id: names the files.
+    :param output_format: the requested ``output_format``; the delivered Content-Type must match it.
+    :param retry_policy: backoff for cut-short downloads and transient errors.
+    :return: one :class:`StoredImage` per URL, in order.
+    """
+    folder = as_storage_path(output_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    policy = retry_policy or RetryPolicy(max_retries=4)
+    return [
+        _store_one(hook, url, folder, f"{prediction_id}-{index}", prediction_id, output_format, policy)
+        for index, url in enumerate(urls)
+    ]
+
+
+def _store_one(
+    hook: CometAPIHook,
+    url: str,
+    folder: ObjectStoragePath,
+    stem: str,
+    prediction_id: str,
+    output_format: str | None,
+    policy: RetryPolicy,
+) -> StoredImage:
+    for attempt in range(policy.max_retries + 1):
+        try:
+            return _download(hook, url, folder, stem, prediction_id, output_format)
+        except OutputExpiredError:
+            raise
+        except CometAPIError as exc:
+            if not exc.transient or attempt >= policy.max_retries:
+                raise
+            delay = policy.delay(attempt)
+            log.warning("Copying %s failed (%s); retrying in %.1fs.", url, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _download(
+    hook: CometAPIHook,
+    url: str,
+    folder: ObjectStoragePath,
+    stem: str,
+    prediction_id: str,
+    output_format: str | None,
+) -> StoredImage:
+    import requests
+
+    try:
+        with hook.open_output(url, prediction_id=prediction_id) as resp:
+            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            ext = _extension(content_type, output_format, prediction_id, url)
+            target = folder / f"{stem}.{ext}"
+            expected = _content_length(resp.headers)
+            if expected is not None and target.exists() and target.stat()["size"] == expected:
+                log.info("%s is already stored with the expected size; not downloading it again.", target)
+                digest, size = _hash_existing(target)
+                return StoredImage(str(target), url, digest, size, content_type)
+            partial = folder / f".{stem}.{uuid.uuid4().hex}.part"
+            try:
+                digest, size = _write(resp, partial)
+                if expected is not None and size != expected:
+                    raise IncompleteDownloadError(
+                        f"download of {url} stopped at {size} of {expected} bytes",
+                        prediction_id=prediction_id,
+                        transient=True,
+                    )
+                partial.rename(target)
+            finally:
+                if partial.exists():
+                    partial.unlink()
+    except requests.RequestException as exc:
+        raise CometAPIError(f"download of {url} failed: {exc}", prediction_id=prediction_id, transient=True) from exc
+    log.info("Stored %s (%d bytes, sha256 %s).", target, size, digest)
+    return StoredImage(str(target), url, digest, size, content_type)
+
+
+def _write(resp: Any, partial: ObjectStoragePath) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    with partial.open("wb") as out:
+        for chunk in resp.iter_content(CHUNK_SIZE):
+            sha.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return sha.hexdigest(), size
+
+
+def _hash_existing(path: ObjectStoragePath) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_SIZE):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    try:
+        return int(headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _extension(content_type: str, output_format: str | None, prediction_id: str, url: str) -> str:
+    if output_format in FORMATS:
+        ext, wanted = FORMATS[output_format]
+        if content_type and content_type != wanted:
+            raise CometAPIError(
+                f"{url} is {content_type!r}, but output_format {output_format!r} asks for {wanted!r}",
+                prediction_id=prediction_id,
+            )
+        return ext
+    return _EXT_BY_CONTENT_TYPE.get(content_type, "bin")
+
+
+def images_metadata(images: list[StoredImage]) -> list[dict[str, Any]]:
+    """The XCom ``images`` value: ``[{uri, source_url, sha256, bytes, content_type}, ...]``."""
+    return [asdict(image) for image in images]
