@@ -34,7 +34,6 @@ class CometAPIPredictionLink(BaseOperatorLink):
         Store the link's URL for the running task.
 
         :param context: the task's context.
-        :param url: the prediction's page (``urls.web``); nothing is stored when ``None``.
+        :param url: the prediction's page (``urls.web``); ``None`` stores an empty link.
         """
-        if url:
-            context["ti"].xcom_push(key=cls().xcom_key, value=url)
+        context["ti"].xcom_push(key=cls().xcom_key, value=url or "")

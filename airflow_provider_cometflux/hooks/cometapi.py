@@ -150,31 +150,39 @@ def _transport_failure(op: str, exc: BaseException, *, sent: bool, prediction_id
     return _Answer(error=error, retryable=True)
 
 
-# One aiohttp session per event loop, shared by every hook running on that loop.
-_ASYNC_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-    weakref.WeakKeyDictionary()
-)
 #: Connections the shared async pool keeps open at most (per event loop).
 ASYNC_POOL_LIMIT = 256
 
 
-def _shared_async_session() -> aiohttp.ClientSession:
+@dataclass
+class _LoopSession:
+    """An event loop's shared aiohttp session and how many hooks are using it."""
+
+    session: aiohttp.ClientSession
+    users: int = 0
+
+
+# One aiohttp session per event loop, shared by every hook running on that loop.
+_ASYNC_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSession] = weakref.WeakKeyDictionary()
+
+
+def _loop_session() -> _LoopSession:
     import aiohttp
 
     loop = asyncio.get_running_loop()
-    session = _ASYNC_SESSIONS.get(loop)
-    if session is None or session.closed:
+    shared = _ASYNC_SESSIONS.get(loop)
+    if shared is None or shared.session.closed:
         connector = aiohttp.TCPConnector(limit=ASYNC_POOL_LIMIT, ttl_dns_cache=300, keepalive_timeout=60)
         session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
-        _ASYNC_SESSIONS[loop] = session
-    return session
+        shared = _ASYNC_SESSIONS[loop] = _LoopSession(session)
+    return shared
 
 
 async def close_async_session() -> None:
-    """Close this event loop's shared HTTP session (for tests and clean shutdowns; it reopens on next use)."""
-    session = _ASYNC_SESSIONS.pop(asyncio.get_running_loop(), None)
-    if session is not None and not session.closed:
-        await session.close()
+    """Close this event loop's shared HTTP session now, whoever uses it (it reopens on next use)."""
+    shared = _ASYNC_SESSIONS.pop(asyncio.get_running_loop(), None)
+    if shared is not None and not shared.session.closed:
+        await shared.session.close()
 
 
 class CometAPIHook(BaseHook):
@@ -208,6 +216,7 @@ class CometAPIHook(BaseHook):
         self.read_timeout = read_timeout
         self.retry_policy = retry_policy or RetryPolicy()
         self._async_credentials: _Credentials | None = None
+        self._using_loop_session = False
 
     # -- connection form -------------------------------------------------------------------------------------
 
@@ -344,7 +353,11 @@ class CometAPIHook(BaseHook):
         import aiohttp
 
         creds = await self._aget_credentials()
-        session = _shared_async_session()
+        shared = _loop_session()
+        if not self._using_loop_session:
+            shared.users += 1
+            self._using_loop_session = True
+        session = shared.session
         url = self._url(creds.base_url, path)
         headers = {"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"}
         timeout = aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=self.read_timeout)
@@ -360,6 +373,22 @@ class CometAPIHook(BaseHook):
                 return answer.data
             await asyncio.sleep(self._retry_delay(answer, attempt))
         raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """
+        Release this hook's use of the event loop's shared HTTP session; the last user closes it.
+
+        Triggers call it when they finish, so no connection outlives the work that needed it.
+        """
+        if not self._using_loop_session:
+            return
+        self._using_loop_session = False
+        shared = _ASYNC_SESSIONS.get(asyncio.get_running_loop())
+        if shared is None:
+            return
+        shared.users -= 1
+        if shared.users <= 0:
+            await close_async_session()
 
     # -- the API ---------------------------------------------------------------------------------------------
 

@@ -74,6 +74,9 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         check_prediction_id(self.prediction_id)
         if not self.deferrable:
             return super().execute(context)
+        first = self.poke(context)  # check once: a finished prediction needs no trip to the triggerer
+        if first.is_done:
+            return first.xcom_value
         from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 
         self.defer(
@@ -106,8 +109,6 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         :param context: the task's context.
         :param event: ``{"status", "prediction_id", "prediction", "message"}`` from the trigger.
         """
-        prediction = (event or {}).get("prediction") or {}
-        CometAPIPredictionLink.persist(context, Prediction(prediction).web_url)
         return self._complete(context, event)
 
     def _complete(self, context: Context, event: dict[str, Any] | None) -> list[str]:

@@ -73,6 +73,13 @@ class CometFluxPredictionTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = self._hook()
+        try:
+            async for event in self._poll(hook):
+                yield event
+        finally:
+            await hook.aclose()
+
+    async def _poll(self, hook: Any) -> AsyncIterator[TriggerEvent]:
         delays = poll_delays(self.poll_interval)
         errors = 0
         last_status = "unknown"
@@ -115,7 +122,11 @@ class CometFluxPredictionTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """Cancel the prediction when a user kills the deferred task (Airflow 3.3+; not on triggerer restarts)."""
-        await self._hook().acancel_prediction(self.prediction_id)
+        hook = self._hook()
+        try:
+            await hook.acancel_prediction(self.prediction_id)
+        finally:
+            await hook.aclose()
 
 
 def _error_text(exc: BaseException, errors: int) -> str:

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_cometflux.retries import RetryPolicy
+
+# pytest_plugins = ["airflow_provider_cometflux.testing.pytest_plugin"]
+
+TEST_KEY = "sk-test-0123456789abcdef"
+BASE = "https://api.cometapi.test"
+
+
+@pytest.fixture
+def api_connection(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A ``cometapi_default`` connection pointing at a fake host, for requests-mock tests."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps({"conn_type": "cometapi", "host": BASE, "password": TEST_KEY})
+    )
+    return BASE
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
+    """Retries without real waiting, so retry tests stay fast."""
+    policy = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01)
+    monkeypatch.setattr("airflow_provider_cometflux.hooks.cometapi.RetryPolicy", lambda: policy)
+    return policy
+
+
+def prediction_json(pid: str = "p1abc", status: str = "starting", output: object = None, **extra: object) -> dict:
+    """A prediction as the service answers it."""
+    body = {
+        "id": pid,
+        "model": "black-forest-labs/flux-schnell",
+        "version": "",
+        "input": {"prompt": "a cat"},
+        "logs": "",
+        "output": output,
+        "data_removed": False,
+        "error": None,
+        "source": "api",
+        "status": status,
+        "created_at": "2026-11-25T10:00:00.000Z",
+        "urls": {
+            "get": f"https://api.replicate.com/v1/predictions/{pid}",
+            "cancel": f"https://api.replicate.com/v1/predictions/{pid}/cancel",
+            "stream": f"https://stream.replicate.com/v1/files/{pid}",
+            "web": f"https://replicate.com/p/{pid}",
+        },
+    }
+    body.update(extra)
+    return body

@@ -1,0 +1,248 @@
+"""The hook against requests-mock: routes, auth, both error shapes, retries, create safety, timeouts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from airflow_provider_cometflux.exceptions import (
+    CometAPIAuthError,
+    CometAPIConnectionConfigError,
+    CometAPIError,
+    CometFluxInputError,
+    PredictionMayExistError,
+    PredictionTimeoutError,
+)
+from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+from tests.conftest import BASE, TEST_KEY, prediction_json
+
+CREATE = f"{BASE}/replicate/v1/models/black-forest-labs/flux-schnell/predictions"
+GET = f"{BASE}/replicate/v1/predictions/p1abc"
+CANCEL = f"{GET}/cancel"
+
+
+@pytest.fixture
+def hook(api_connection: str, fast_retries) -> CometAPIHook:
+    return CometAPIHook()
+
+
+def test_create_sends_input_and_bearer(hook, requests_mock):
+    requests_mock.post(CREATE, status_code=201, json=prediction_json())
+    result = hook.create_prediction("black-forest-labs/flux-schnell", {"prompt": "a cat", "num_outputs": 2})
+    assert result["id"] == "p1abc"
+    sent = requests_mock.last_request
+    assert sent.json() == {"input": {"prompt": "a cat", "num_outputs": 2}}
+    assert sent.headers["Authorization"] == f"Bearer {TEST_KEY}"
+    assert "Prefer" not in sent.headers
+
+
+def test_create_prefer_wait_and_cancel_after(hook, requests_mock):
+    requests_mock.post(CREATE, status_code=201, json=prediction_json(status="succeeded", output=["https://x/1.webp"]))
+    hook.create_prediction("black-forest-labs/flux-schnell", {"prompt": "a"}, wait=90, cancel_after="5m")
+    assert requests_mock.last_request.headers["Prefer"] == "wait=60"
+    assert requests_mock.last_request.headers["Cancel-After"] == "5m"
+
+
+def test_create_rejects_malformed_model_before_any_request(hook, requests_mock):
+    with pytest.raises(CometFluxInputError, match="model: 'flux-schnell'"):
+        hook.create_prediction("flux-schnell", {"prompt": "a"})
+    assert requests_mock.call_count == 0
+
+
+def test_get_uses_cometapi_route_not_urls_get(hook, requests_mock):
+    requests_mock.get(GET, json=prediction_json(status="processing"))
+    assert hook.get_prediction("p1abc")["status"] == "processing"
+    assert requests_mock.last_request.url == GET
+
+
+def test_bad_prediction_id_is_refused(hook, requests_mock):
+    with pytest.raises(CometFluxInputError, match="prediction_id"):
+        hook.get_prediction("../../admin")
+    assert requests_mock.call_count == 0
+
+
+def test_cometapi_error_shape(hook, requests_mock):
+    body = {"error": {"message": "bad aspect", "type": "invalid_request_error", "param": "aspect_ratio", "code": "x"}}
+    requests_mock.get(GET, status_code=400, json=body)
+    with pytest.raises(CometAPIError) as info:
+        hook.get_prediction("p1abc")
+    err = info.value
+    assert (err.http_status, err.prediction_id, err.error_code) == (400, "p1abc", "x")
+    assert "bad aspect (param: aspect_ratio)" in str(err) and "prediction p1abc" in str(err)
+    assert requests_mock.call_count == 1  # 400 is never retried
+
+
+def test_problem_json_shape(hook, requests_mock):
+    body = {"title": "Prediction not found", "detail": "No prediction with id p1abc", "status": 404}
+    requests_mock.get(GET, status_code=404, json=body, headers={"Content-Type": "application/problem+json"})
+    with pytest.raises(CometAPIError, match="No prediction with id p1abc") as info:
+        hook.get_prediction("p1abc")
+    assert info.value.error_type == "Prediction not found"
+    assert requests_mock.call_count == 1
+
+
+def test_html_error_page(hook, requests_mock):
+    requests_mock.get(
+        GET, status_code=404, text="<html><body>Not Found</body></html>", headers={"Content-Type": "text/html"}
+    )
+    with pytest.raises(CometAPIError, match="HTML page"):
+        hook.get_prediction("p1abc")
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_errors_are_not_retried_and_hide_the_key(hook, requests_mock, status):
+    requests_mock.get(GET, status_code=status, json={"error": {"message": "Invalid token", "code": "invalid_api_key"}})
+    with pytest.raises(CometAPIAuthError) as info:
+        hook.get_prediction("p1abc")
+    assert requests_mock.call_count == 1
+    assert TEST_KEY not in str(info.value) and TEST_KEY not in repr(info.value)
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503, 504, 524])
+def test_transient_statuses_are_retried(hook, requests_mock, status):
+    requests_mock.get(
+        GET,
+        [
+            {"status_code": status, "json": {"error": {"message": "busy"}}, "headers": {"Retry-After": "0"}},
+            {"status_code": 200, "json": prediction_json(status="processing")},
+        ],
+    )
+    assert hook.get_prediction("p1abc")["status"] == "processing"
+    assert requests_mock.call_count == 2
+
+
+def test_500_invalid_request_is_not_retried(hook, requests_mock):
+    requests_mock.get(GET, status_code=500, json={"error": {"message": "nope", "code": "invalid_request"}})
+    with pytest.raises(CometAPIError, match="nope"):
+        hook.get_prediction("p1abc")
+    assert requests_mock.call_count == 1
+
+
+def test_retries_are_bounded(hook, requests_mock, fast_retries):
+    requests_mock.get(GET, status_code=503, json={"error": {"message": "overloaded"}})
+    with pytest.raises(CometAPIError, match="overloaded") as info:
+        hook.get_prediction("p1abc")
+    assert info.value.transient
+    assert requests_mock.call_count == fast_retries.max_retries + 1
+
+
+def test_get_read_timeout_is_retried(hook, requests_mock):
+    requests_mock.get(GET, [{"exc": requests.ReadTimeout("slow")}, {"json": prediction_json(status="processing")}])
+    assert hook.get_prediction("p1abc")["status"] == "processing"
+
+
+def test_create_retried_on_429_and_refused_connection(hook, requests_mock):
+    refused = requests.ConnectionError("HTTPConnectionPool: NewConnectionError: Connection refused")
+    requests_mock.post(
+        CREATE,
+        [
+            {"exc": refused},
+            {"status_code": 429, "json": {"error": {"message": "slow down"}}, "headers": {"Retry-After": "0"}},
+            {"status_code": 201, "json": prediction_json()},
+        ],
+    )
+    assert hook.create_prediction("black-forest-labs/flux-schnell", {"prompt": "a"})["id"] == "p1abc"
+    assert requests_mock.call_count == 3
+
+
+@pytest.mark.parametrize("exc", [requests.ReadTimeout("lost"), requests.ConnectionError("Connection reset by peer")])
+def test_create_with_lost_answer_is_never_resubmitted(hook, requests_mock, exc):
+    requests_mock.post(CREATE, exc=exc)
+    with pytest.raises(PredictionMayExistError, match="may exist"):
+        hook.create_prediction("black-forest-labs/flux-schnell", {"prompt": "a"})
+    assert requests_mock.call_count == 1
+
+
+def test_create_answer_not_json_is_not_resubmitted(hook, requests_mock):
+    requests_mock.post(CREATE, status_code=201, text="{oops")
+    with pytest.raises(PredictionMayExistError):
+        hook.create_prediction("black-forest-labs/flux-schnell", {"prompt": "a"})
+    assert requests_mock.call_count == 1
+
+
+def test_get_not_json_is_retried(hook, requests_mock):
+    requests_mock.get(GET, [{"text": "{oops"}, {"json": prediction_json(status="processing")}])
+    assert hook.get_prediction("p1abc")["status"] == "processing"
+
+
+def test_cancel(hook, requests_mock):
+    requests_mock.post(CANCEL, json=prediction_json(status="canceled"))
+    assert hook.cancel_prediction("p1abc")["status"] == "canceled"
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_cancel_unsupported_is_logged_not_raised(hook, requests_mock, caplog, status):
+    requests_mock.post(CANCEL, status_code=status, text="<html>no</html>")
+    assert hook.cancel_prediction("p1abc") is None
+    assert "no cancel route" in caplog.text
+
+
+def test_wait_for_prediction_polls_until_terminal(hook, requests_mock):
+    requests_mock.get(
+        GET,
+        [
+            {"json": prediction_json(status="starting")},
+            {"json": prediction_json(status="weird-new-status")},
+            {"json": prediction_json(status="succeeded", output="https://x/1.png")},
+        ],
+    )
+    result = hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=5)
+    assert result["status"] == "succeeded"
+    assert requests_mock.call_count == 3
+
+
+def test_wait_for_prediction_times_out_with_last_status(hook, requests_mock):
+    requests_mock.get(GET, json=prediction_json(status="processing"))
+    with pytest.raises(PredictionTimeoutError, match="last status 'processing'") as info:
+        hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=0.05)
+    assert info.value.prediction_id == "p1abc"
+
+
+def test_host_without_scheme_and_default_host(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps({"conn_type": "cometapi", "password": "k"}))
+    assert CometAPIHook().credentials.base_url == "https://api.cometapi.com"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OTHER", json.dumps({"conn_type": "cometapi", "host": "127.0.0.1", "port": 8080, "password": "k"})
+    )
+    assert CometAPIHook("other").credentials.base_url == "https://127.0.0.1:8080"
+
+
+def test_missing_key_says_how_to_set_it(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps({"conn_type": "cometapi"}))
+    with pytest.raises(CometAPIConnectionConfigError, match=r"has no API key.*password"):
+        CometAPIHook().get_prediction("p1abc")
+
+
+def test_missing_connection_says_how_to_set_it(monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_NOPE", raising=False)
+    with pytest.raises(CometAPIConnectionConfigError, match="AIRFLOW_CONN_NOPE"):
+        CometAPIHook("nope").get_prediction("p1abc")
+
+
+def test_key_not_in_hook_repr_or_credentials_repr(hook):
+    assert TEST_KEY not in repr(hook.credentials)
+
+
+def test_test_connection(hook, requests_mock):
+    url = f"{BASE}/replicate/v1/predictions/connection-test"
+    requests_mock.get(url, status_code=404, json={"title": "Not found", "detail": "no", "status": 404})
+    ok, message = hook.test_connection()
+    assert ok and "accepted" in message
+    requests_mock.get(url, status_code=401, json={"error": {"message": "Invalid token"}})
+    ok, message = hook.test_connection()
+    assert not ok and "refused" in message and TEST_KEY not in message
+    requests_mock.get(url, exc=requests.ConnectionError("NewConnectionError: Connection refused"))
+    ok, message = hook.test_connection()
+    assert not ok and "Could not reach" in message
+
+
+def test_errors_survive_pickling(hook, requests_mock):
+    import pickle
+
+    requests_mock.get(GET, status_code=400, json={"error": {"message": "bad", "code": "c"}})
+    with pytest.raises(CometAPIError) as info:
+        hook.get_prediction("p1abc")
+    clone = pickle.loads(pickle.dumps(info.value))
+    assert (clone.http_status, clone.prediction_id, str(clone)) == (400, "p1abc", str(info.value))

@@ -1,0 +1,158 @@
+"""Output normalising, model ids, input validation, events and the retry policy."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from airflow_provider_cometflux.events import make_event, prediction_from_event
+from airflow_provider_cometflux.exceptions import CometFluxInputError, PredictionFailedError, PredictionTimeoutError
+from airflow_provider_cometflux.models import Prediction, build_input, normalize_output, split_model, validate_input
+from airflow_provider_cometflux.retries import RetryPolicy, is_retryable_status, parse_retry_after, poll_delays
+from tests.conftest import prediction_json
+
+
+def test_output_string_or_list_becomes_a_list():
+    assert normalize_output(None) == []
+    assert normalize_output("https://a/1.png") == ["https://a/1.png"]
+    assert normalize_output(["https://a/1.png", "http://a/2.png"]) == ["https://a/1.png", "http://a/2.png"]
+
+
+@pytest.mark.parametrize("bad", ["file:///etc/passwd", ["javascript:alert(1)"], 42, [None]])
+def test_output_that_is_not_http_is_refused(bad):
+    with pytest.raises(ValueError, match=r"refusing|unexpected"):
+        normalize_output(bad)
+
+
+def test_prediction_view():
+    p = Prediction(prediction_json(status="failed", error="NSFW content detected"))
+    assert p.is_terminal and not p.succeeded
+    assert p.failure_message() == "Prediction p1abc ended with status 'failed': NSFW content detected"
+    assert p.web_url == "https://replicate.com/p/p1abc"
+    summary = p.summary()
+    assert "input" not in summary and "logs" not in summary and summary["status"] == "failed"
+
+
+@pytest.mark.parametrize("model", ["black-forest-labs/flux-schnell", "acme/my.model_v2"])
+def test_model_ids(model):
+    assert split_model(model) == tuple(model.split("/"))
+
+
+@pytest.mark.parametrize("model", ["flux", "a/b/c", "/x", "", None, "a b/c"])
+def test_bad_model_ids(model):
+    with pytest.raises(CometFluxInputError, match="model:"):
+        split_model(model)
+
+
+def test_prompt_merges_into_input_and_wins():
+    assert build_input("new", {"prompt": "old", "seed": 1}) == {"prompt": "new", "seed": 1}
+    assert build_input(None, {"prompt": "old"}) == {"prompt": "old"}
+
+
+def test_input_must_be_json():
+    with pytest.raises(CometFluxInputError, match="JSON"):
+        build_input("a", {"seed": object()})
+    with pytest.raises(CometFluxInputError, match="JSON"):
+        build_input("a", {"guidance": float("nan")})
+    with pytest.raises(CometFluxInputError, match="mapping"):
+        build_input("a", ["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("prompt", [None, "", "   ", 5])
+def test_prompt_required(prompt):
+    with pytest.raises(CometFluxInputError, match=r"input\.prompt"):
+        validate_input("black-forest-labs/flux-schnell", {"prompt": prompt})
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value", "allowed"),
+    [
+        ("black-forest-labs/flux-schnell", "num_outputs", 5, "from 1 to 4"),
+        ("black-forest-labs/flux-schnell", "num_inference_steps", 10, "from 1 to 4"),
+        ("black-forest-labs/flux-schnell", "aspect_ratio", "7:3", "'16:9'"),
+        ("black-forest-labs/flux-schnell", "output_format", "gif", "'webp', 'jpg', 'png'"),
+        ("black-forest-labs/flux-schnell", "go_fast", "yes", "true or false"),
+        ("black-forest-labs/flux-schnell", "seed", 1.5, "an integer"),
+        ("black-forest-labs/flux-schnell", "num_outputs", True, "an integer"),
+        ("black-forest-labs/flux-schnell", "megapixels", 1, "'1', '0.25'"),
+        ("black-forest-labs/flux-dev", "guidance", 11, "from 0 to 10"),
+        ("black-forest-labs/flux-dev", "prompt_strength", -0.1, "from 0 to 1"),
+        ("black-forest-labs/flux-dev", "image", "/local/file.png", "URL"),
+        ("black-forest-labs/flux-1.1-pro", "safety_tolerance", 0, "from 1 to 6"),
+        ("black-forest-labs/flux-1.1-pro", "width", 2000, "from 256 to 1440"),
+        ("black-forest-labs/flux-kontext-pro", "output_format", "webp", "'jpg', 'png'"),
+        ("black-forest-labs/flux-kontext-max", "aspect_ratio", "custom", "match_input_image"),
+    ],
+)
+def test_bad_inputs_name_field_value_and_allowed(model, field, value, allowed):
+    with pytest.raises(CometFluxInputError) as info:
+        validate_input(model, {"prompt": "a cat", field: value})
+    text = str(info.value)
+    assert f"input.{field}" in text and repr(value) in text and allowed in text
+
+
+def test_good_inputs_pass():
+    validate_input("black-forest-labs/flux-dev", {"prompt": "a", "num_inference_steps": 50, "guidance": 3.5})
+    validate_input(
+        "black-forest-labs/flux-1.1-pro", {"prompt": "a", "aspect_ratio": "custom", "width": 512, "height": 512}
+    )
+    validate_input("black-forest-labs/flux-kontext-pro", {"prompt": "a", "input_image": "https://x/y.png"})
+
+
+def test_custom_aspect_needs_size():
+    with pytest.raises(CometFluxInputError, match="custom"):
+        validate_input("black-forest-labs/flux-1.1-pro", {"prompt": "a", "aspect_ratio": "custom"})
+
+
+def test_unknown_key_warns(caplog):
+    with caplog.at_level(logging.WARNING):
+        validate_input("black-forest-labs/flux-schnell", {"prompt": "a", "guidance": 3})
+    assert "input.guidance is not a known input" in caplog.text
+
+
+def test_unknown_model_passes_through():
+    validate_input("acme/other", {"prompt": "a", "anything": object()})
+
+
+def test_event_round_trip():
+    ok = make_event(
+        "succeeded", "p1abc", prediction=Prediction(prediction_json(status="succeeded", output="https://a/b.png"))
+    )
+    assert set(ok) == {"status", "prediction_id", "prediction", "message"}
+    assert prediction_from_event(ok).output_urls == ["https://a/b.png"]
+    failed = make_event("failed", "p1abc", prediction=Prediction(prediction_json(status="failed", error="boom")))
+    with pytest.raises(PredictionFailedError, match="boom") as info:
+        prediction_from_event(failed)
+    assert info.value.prediction_id == "p1abc"
+    with pytest.raises(PredictionTimeoutError, match="gave up"):
+        prediction_from_event(make_event("timeout", "p1abc", message="gave up"))
+    with pytest.raises(PredictionFailedError, match="unreadable"):
+        prediction_from_event(make_event("error", "p1abc", message="unreadable"))
+    with pytest.raises(PredictionFailedError, match="does not understand"):
+        prediction_from_event(None)
+
+
+def test_retry_policy():
+    assert is_retryable_status(429) and is_retryable_status(524) and is_retryable_status(500)
+    assert not is_retryable_status(500, "invalid_request")
+    for status in (400, 401, 403, 404, 422):
+        assert not is_retryable_status(status)
+    policy = RetryPolicy(base_delay=1, max_delay=8)
+    assert all(0 <= policy.delay(a) <= min(8, 2**a) for a in range(10) for _ in range(20))
+    assert 5 <= policy.delay(0, retry_after=5) <= 6
+    assert policy.delay(0, retry_after=500) == 8
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+
+
+def test_poll_delays_start_quick_then_settle():
+    delays = poll_delays(4.0)
+    first = [next(delays) for _ in range(8)]
+    assert first[0] <= 0.55
+    assert all(3.6 <= d <= 4.4 for d in first[-3:])
