@@ -1,0 +1,100 @@
+"""Real Airflow runs: ``airflow dags test`` in a subprocess, against the simulator on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TEST_DAGS = Path(__file__).parent / "dags"
+EXAMPLE_DAGS = Path(__file__).parents[2] / "example_dags"
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def airflow_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(TEST_DAGS),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway AIRFLOW_HOME with a migrated SQLite metadata database, shared by the session's runs."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return home
+
+
+@dataclass
+class DagRunResult:
+    """What one ``airflow dags test`` left behind: exit code, output, task states and XComs."""
+
+    returncode: int
+    output: str
+    states: dict[str, str]
+    db: Path
+    run_id: str
+
+    def xcom(self, task_id: str, key: str = "return_value") -> Any:
+        with sqlite3.connect(self.db) as conn:
+            row = conn.execute(
+                "SELECT value FROM xcom WHERE run_id = ? AND task_id = ? AND key = ?", (self.run_id, task_id, key)
+            ).fetchone()
+        if row is None:
+            return None
+        value = row[0]
+        return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+@pytest.fixture
+def dags_test(airflow_home: Path, cometapi_simulator: Any, tmp_path: Path):
+    """Run ``airflow dags test DAG_ID`` against the test's simulator; returns a :class:`DagRunResult`."""
+
+    def run(dag_id: str, *, folder: Path = TEST_DAGS, timeout: float = 240, **extra_env: str) -> DagRunResult:
+        conn = {"conn_type": "cometapi", "host": cometapi_simulator.base_url, "password": "it-secret-key"}
+        env = airflow_env(
+            airflow_home,
+            AIRFLOW__CORE__DAGS_FOLDER=str(folder),
+            AIRFLOW_CONN_COMETAPI_DEFAULT=json.dumps(conn),
+            COMETFLUX_IT_OUTPUT=(tmp_path / "images").as_uri(),
+            COMETFLUX_IT_RESULTS=str(tmp_path / "results"),
+            COMETFLUX_OUTPUT_PATH=(tmp_path / "images").as_uri(),
+            **extra_env,
+        )
+        proc = subprocess.run(
+            [AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=timeout
+        )
+        db = airflow_home / "airflow.db"
+        with sqlite3.connect(db) as conn_db:
+            run_id = conn_db.execute(
+                "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+            ).fetchone()[0]
+            states = dict(
+                conn_db.execute(
+                    "SELECT task_id, state FROM task_instance WHERE run_id = ? AND dag_id = ?", (run_id, dag_id)
+                )
+            )
+        return DagRunResult(proc.returncode, proc.stdout + proc.stderr, states, db, run_id)
+
+    return run
+
+
+def recorded(tmp_path: Path, dag_id: str) -> dict[str, Any]:
+    """What the DAG's downstream ``record`` task read from XCom."""
+    return json.loads((tmp_path / "results" / f"{dag_id}.json").read_text())

@@ -1,0 +1,87 @@
+"""Real ``airflow dags test`` runs of the operator (deferred and inline), the sensor (poke, reschedule,
+deferrable) and the example DAG against the simulator, with downstream tasks reading the results from XCom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.integration.conftest import EXAMPLE_DAGS, recorded
+
+pytestmark = pytest.mark.integration
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def local(uri: str) -> Path:
+    assert uri.startswith("file://"), uri
+    return Path(urlsplit(uri).path)
+
+
+def test_deferred_operator_stores_images_and_downstream_reads_them(dags_test, cometapi_simulator, tmp_path):
+    result = dags_test("it_deferred")
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.states == {"generate": "success", "record": "success"}
+    assert "new_state=deferred" in result.output  # it really went through the trigger
+    seen = recorded(tmp_path, "it_deferred")
+    pid = seen["prediction_id"]
+    uris = seen["return_value"]
+    assert [Path(local(u)).name for u in uris] == [f"{pid}-0.png", f"{pid}-1.png"]
+    for uri, meta in zip(uris, seen["images"]):
+        data = local(uri).read_bytes()
+        assert data.startswith(PNG) and meta["bytes"] == len(data) and meta["content_type"] == "image/png"
+    assert seen["prediction"]["status"] == "succeeded" and seen["prediction"]["id"] == pid
+    assert seen["_link_CometAPIPredictionLink"].endswith(pid)
+    assert cometapi_simulator.stats["creates"] == 1
+
+
+def test_inline_operator_returns_delivery_urls(dags_test, cometapi_simulator, tmp_path):
+    result = dags_test("it_inline")
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.states == {"generate": "success", "record": "success"}
+    assert "new_state=deferred" not in result.output
+    seen = recorded(tmp_path, "it_inline")
+    (url,) = seen["return_value"]  # flux-1.1-pro answers one string; the task still gives a list
+    assert url.startswith(cometapi_simulator.base_url) and url.endswith(".jpg")
+    assert seen["images"] is None
+    assert cometapi_simulator.stats["creates"] == 1
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
+def test_sensor_modes(dags_test, cometapi_simulator, tmp_path, mode):
+    dag_id = f"it_sensor_{mode}"
+    result = dags_test(dag_id)
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.states == {"submit": "success", "wait": "success", "record": "success"}
+    seen = recorded(tmp_path, dag_id)
+    assert len(seen["return_value"]) == 1 and seen["return_value"][0].startswith("http://127.0.0.1")
+    assert seen["prediction"]["status"] == "succeeded"
+    assert cometapi_simulator.stats["creates"] == 1
+
+
+@pytest.mark.parametrize("outcome", ["failed", "canceled", "aborted"])
+def test_failed_prediction_fails_the_task_with_the_service_error(dags_test, outcome):
+    result = dags_test("it_deferred", COMETFLUX_IT_PROMPT=f"a cat [sim:{outcome}]")
+    assert result.states["generate"] == "failed"
+    assert result.states["record"] == "upstream_failed"
+    assert f"ended with status '{outcome}'" in result.output
+
+
+@pytest.mark.parametrize("deferrable", ["true", "false"])
+def test_timeout_cancels_and_fails(dags_test, cometapi_simulator, deferrable):
+    result = dags_test("it_timeout", COMETFLUX_IT_PROMPT="a cat [sim:stuck]", COMETFLUX_IT_DEFERRABLE=deferrable)
+    assert result.states["generate"] == "failed"
+    assert "last status 'processing'" in result.output
+    (prediction,) = cometapi_simulator.predictions.values()
+    assert prediction["status"] == "canceled"
+
+
+def test_example_dag(dags_test, cometapi_simulator, tmp_path):
+    result = dags_test("cometflux_example", folder=EXAMPLE_DAGS)
+    assert result.returncode == 0, result.output[-4000:]
+    assert set(result.states.values()) == {"success"}, result.states
+    stored = sorted((tmp_path / "images").rglob("*.*"))
+    assert len(stored) == 3  # two from `generate`, one from `wait_for_image`
+    assert cometapi_simulator.stats["creates"] == 2
