@@ -29,7 +29,7 @@ def test_deferred_operator_stores_images_and_downstream_reads_them(dags_test, co
     pid = seen["prediction_id"]
     uris = seen["return_value"]
     assert [Path(local(u)).name for u in uris] == [f"{pid}-0.png", f"{pid}-1.png"]
-    for uri, meta in zip(uris, seen["images"]):
+    for uri, meta in zip(uris, seen["images"], strict=True):
         data = local(uri).read_bytes()
         assert data.startswith(PNG) and meta["bytes"] == len(data) and meta["content_type"] == "image/png"
     assert seen["prediction"]["status"] == "succeeded" and seen["prediction"]["id"] == pid
