@@ -158,6 +158,9 @@ def note_status(prediction: Prediction) -> None:
 # Input validation
 # ----------------------------------------------------------------------------------------------------------
 
+#: Inputs that carry an image: an http(s) URL or a data URI (the operator inlines local and storage paths).
+IMAGE_INPUTS = ("image", "image_prompt", "input_image")
+
 ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 
 

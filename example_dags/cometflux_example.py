@@ -42,6 +42,7 @@ with DAG(
         input={"aspect_ratio": "16:9", "num_outputs": 2, "output_format": "png"},
         output_path="{{ params.output_path }}/{{ ds }}",
         deferrable=True,
+        defer_after=0,  # hand the wait to the triggerer at once; the default first polls 5 s in the worker
         poll_interval=2.0,
         timeout=600,
     )

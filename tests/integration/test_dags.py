@@ -85,3 +85,43 @@ def test_example_dag(dags_test, cometapi_simulator, tmp_path):
     stored = sorted((tmp_path / "images").rglob("*.*"))
     assert len(stored) == 3  # two from `generate`, one from `wait_for_image`
     assert cometapi_simulator.stats["creates"] == 2
+
+
+def test_defer_after_finishes_a_fast_prediction_in_one_worker_run(dags_test, cometapi_simulator, tmp_path):
+    result = dags_test("it_defer_after")
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.states == {"generate": "success", "record": "success"}
+    assert "new_state=deferred" not in result.output
+    assert len(recorded(tmp_path, "it_defer_after")["return_value"]) == 1
+
+
+def test_defer_after_defers_a_slow_prediction(dags_test, cometapi_simulator):
+    result = dags_test("it_defer_after", COMETFLUX_IT_PROMPT="a cat [sim:slow=3]", COMETFLUX_IT_DEFER_AFTER="0.5")
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.states == {"generate": "success", "record": "success"}
+    assert "still running after 0.5s; deferring" in result.output and "new_state=deferred" in result.output
+
+
+def test_a_retried_attempt_reattaches_instead_of_creating_again(dags_test, cometapi_simulator, tmp_path):
+    cometapi_simulator.add_fault("get", "status", status=404, times=1)  # the first attempt loses track of it
+    result = dags_test("it_retry")
+    assert result.states == {"generate": "success", "record": "success"}, result.output[-4000:]
+    assert "Reattaching to prediction" in result.output
+    assert cometapi_simulator.stats["creates"] == 1
+
+
+def test_local_input_image_is_sent_inline(dags_test, cometapi_simulator, tmp_path):
+    source = tmp_path / "source.png"
+    source.write_bytes(PNG + b"\x00" * 100)
+    result = dags_test("it_input_image", COMETFLUX_IT_INPUT_IMAGE=str(source))
+    assert result.returncode == 0, result.output[-4000:]
+    (prediction,) = cometapi_simulator.predictions.values()
+    assert prediction["input"]["input_image"].startswith("data:image/png;base64,")
+    assert local(recorded(tmp_path, "it_input_image")["return_value"][0]).read_bytes().startswith(PNG)
+
+
+def test_missing_input_image_fails_before_any_request(dags_test, cometapi_simulator):
+    result = dags_test("it_input_image", COMETFLUX_IT_INPUT_IMAGE="/nonexistent/photo.png")
+    assert result.states["generate"] == "failed"
+    assert "input.input_image: '/nonexistent/photo.png' does not exist" in result.output
+    assert cometapi_simulator.stats["requests"] == 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, task
@@ -43,6 +43,7 @@ with _dag("it_deferred"):
         input={"num_outputs": 2, "output_format": "png"},
         output_path=OUTPUT + "/{{ dag.dag_id }}",
         deferrable=True,
+        defer_after=0,
         poll_interval=0.5,
         timeout=60,
     )
@@ -78,6 +79,44 @@ with _dag("it_timeout"):
         task_id="generate",
         prompt=PROMPT,
         deferrable=os.environ.get("COMETFLUX_IT_DEFERRABLE", "true") == "true",
+        defer_after=0,
         poll_interval=0.2,
         timeout=2,
     )
+
+with _dag("it_defer_after"):
+    generate = CometFluxPredictionOperator(
+        task_id="generate",
+        prompt=PROMPT,
+        deferrable=True,
+        defer_after=float(os.environ.get("COMETFLUX_IT_DEFER_AFTER", "10")),
+        poll_interval=0.5,
+        timeout=60,
+    )
+    generate >> record("generate")
+
+with _dag("it_retry"):
+    generate = CometFluxPredictionOperator(
+        task_id="generate",
+        prompt=PROMPT,
+        deferrable=True,
+        defer_after=0,
+        poll_interval=0.5,
+        timeout=60,
+        retries=1,
+        retry_delay=timedelta(seconds=1),
+    )
+    generate >> record("generate")
+
+with _dag("it_input_image"):
+    generate = CometFluxPredictionOperator(
+        task_id="generate",
+        model="black-forest-labs/flux-kontext-pro",
+        prompt="make it a watercolour",
+        input={"input_image": os.environ.get("COMETFLUX_IT_INPUT_IMAGE", "/nonexistent.png"), "output_format": "png"},
+        output_path=OUTPUT + "/{{ dag.dag_id }}",
+        deferrable=False,
+        poll_interval=0.5,
+        timeout=60,
+    )
+    generate >> record("generate")
