@@ -57,4 +57,20 @@ def complete(
 
     images = store_outputs(hook, urls, output_path, prediction.id, output_format=output_format)
     ti.xcom_push(key=XCOM_IMAGES, value=images_metadata(images))
-    return [image.uri for image in images]
+    uris = [image.uri for image in images]
+    _describe_outlets(context, prediction.id, uris)
+    return uris
+
+
+def _describe_outlets(context: Context, prediction_id: str, uris: list[str]) -> None:
+    """Put the stored URIs on the events of the task's outlet assets, for DAGs scheduled on them."""
+    task = context.get("task")
+    outlets = getattr(task, "outlets", None) or []
+    if not outlets:
+        return
+    from airflow.sdk import Asset
+
+    extra: dict[str, Any] = {"images": list(uris), "prediction_id": prediction_id}
+    for outlet in outlets:
+        if isinstance(outlet, Asset):
+            context["outlet_events"][outlet].extra.update(extra)

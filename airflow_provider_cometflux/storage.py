@@ -107,6 +107,9 @@ def _store_one(
     output_format: str | None,
     policy: RetryPolicy,
 ) -> StoredImage:
+    stored = _already_stored(url, folder, stem, output_format)
+    if stored is not None:
+        return stored
     for attempt in range(policy.max_retries + 1):
         try:
             return _download(hook, url, folder, stem, prediction_id, output_format)
@@ -137,10 +140,6 @@ def _download(
             ext = _extension(content_type, output_format, prediction_id, url)
             target = folder / f"{stem}.{ext}"
             expected = _content_length(resp.headers)
-            if expected is not None and target.exists() and target.stat()["size"] == expected:
-                log.info("%s is already stored with the expected size; not downloading it again.", target)
-                digest, size = _hash_existing(target)
-                return StoredImage(str(target), url, digest, size, content_type)
             partial = folder / f".{stem}.{uuid.uuid4().hex}.part"
             try:
                 digest, size = _write(resp, partial)
@@ -158,6 +157,23 @@ def _download(
         raise CometAPIError(f"download of {url} failed: {exc}", prediction_id=prediction_id, transient=True) from exc
     log.info("Stored %s (%d bytes, sha256 %s).", target, size, digest)
     return StoredImage(str(target), url, digest, size, content_type)
+
+
+def _already_stored(url: str, folder: ObjectStoragePath, stem: str, output_format: str | None) -> StoredImage | None:
+    """
+    A copy left by an earlier attempt. Files only ever appear whole (moved into place when complete) and are
+    named after the prediction, so one that exists is this output: it is not downloaded again, which also
+    keeps a retry working after the delivery URL has expired.
+    """
+    formats = [output_format] if output_format in FORMATS else list(FORMATS)
+    for fmt in formats:
+        ext, content_type = FORMATS[fmt]
+        target = folder / f"{stem}.{ext}"
+        if target.exists():
+            digest, size = _hash_existing(target)
+            log.info("%s is already stored (%d bytes); not downloading it again.", target, size)
+            return StoredImage(str(target), url, digest, size, content_type)
+    return None
 
 
 def _write(resp: Any, partial: ObjectStoragePath) -> tuple[str, int]:

@@ -82,9 +82,11 @@ def dags_test(airflow_home: Path, cometapi_simulator: Any, tmp_path: Path):
         )
         db = airflow_home / "airflow.db"
         with sqlite3.connect(db) as conn_db:
-            run_id = conn_db.execute(
+            row = conn_db.execute(
                 "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
-            ).fetchone()[0]
+            ).fetchone()
+            assert row is not None, f"no run of {dag_id} was created:\n{(proc.stdout + proc.stderr)[-4000:]}"
+            run_id = row[0]
             states = dict(
                 conn_db.execute(
                     "SELECT task_id, state FROM task_instance WHERE run_id = ? AND dag_id = ?", (run_id, dag_id)

@@ -125,3 +125,42 @@ def test_missing_input_image_fails_before_any_request(dags_test, cometapi_simula
     assert result.states["generate"] == "failed"
     assert "input.input_image: '/nonexistent/photo.png' does not exist" in result.output
     assert cometapi_simulator.stats["requests"] == 0
+
+
+@pytest.mark.parametrize("path", ["deferred", "inline"])
+def test_memory_store(dags_test, tmp_path, path):
+    dag_id = f"it_memory_{path}"
+    result = dags_test(dag_id, COMETFLUX_IT_MEMORY="1")
+    assert result.returncode == 0, result.output[-4000:]
+    assert result.states == {"generate": "success", "verify_stored": "success"}
+    checked = recorded(tmp_path, dag_id)
+    assert len(checked) == 2
+    for image in checked:
+        assert image["uri"].startswith(f"memory://cometflux-it/{dag_id}/")
+        assert (image["read_sha256"], image["read_bytes"]) == (image["sha256"], image["bytes"])
+        assert image["content_type"] == "image/webp"
+
+
+def test_batch_example_maps_prompts_into_one_folder(dags_test, cometapi_simulator, tmp_path):
+    result = dags_test("cometflux_batch", folder=EXAMPLE_DAGS)
+    assert result.returncode == 0, result.output[-4000:]
+    assert set(result.states.values()) == {"success"}
+    (folder,) = (tmp_path / "images" / "batch").iterdir()  # one dated folder
+    assert len(list(folder.glob("*.png"))) == 3
+    assert cometapi_simulator.stats["creates"] == 3
+
+
+def test_asset_example_records_an_asset_event_with_the_images(dags_test, tmp_path):
+    import json
+    import sqlite3
+
+    result = dags_test("cometflux_asset_producer", folder=EXAMPLE_DAGS)
+    assert result.returncode == 0, result.output[-4000:]
+    with sqlite3.connect(result.db) as db:
+        rows = db.execute(
+            "SELECT e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.name = ?",
+            ("cometflux_product_images",),
+        ).fetchall()
+    extra = json.loads(rows[-1][0])
+    (uri,) = extra["images"]
+    assert local(uri).read_bytes()[:4] == b"RIFF" and extra["prediction_id"] in uri

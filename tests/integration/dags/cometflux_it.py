@@ -120,3 +120,41 @@ with _dag("it_input_image"):
         timeout=60,
     )
     generate >> record("generate")
+
+# A store that is not the local disk: fsspec's in-memory filesystem, attached as Airflow's ``memory://`` store.
+# ``airflow dags test`` runs every task in this one process, so the downstream task can read what was stored.
+if os.environ.get("COMETFLUX_IT_MEMORY") == "1":
+    from airflow.sdk.io.store import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    attach("memory", fs=MemoryFileSystem())
+
+
+@task
+def verify_stored(upstream: str, ti=None, dag_run=None) -> None:
+    """Read every stored image back from the store and check it against the metadata in XCom."""
+    import hashlib
+
+    from airflow.sdk import ObjectStoragePath
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    checked = []
+    for meta in ti.xcom_pull(task_ids=upstream, key="images"):
+        data = ObjectStoragePath(meta["uri"]).read_bytes()
+        checked.append({**meta, "read_sha256": hashlib.sha256(data).hexdigest(), "read_bytes": len(data)})
+    (RESULTS / f"{dag_run.dag_id}.json").write_text(json.dumps(checked))
+
+
+for path in ("deferred", "inline"):
+    with _dag(f"it_memory_{path}"):
+        generate = CometFluxPredictionOperator(
+            task_id="generate",
+            prompt=PROMPT,
+            input={"num_outputs": 2, "output_format": "webp"},
+            output_path="memory://cometflux-it/{{ dag.dag_id }}/{{ ds }}",
+            deferrable=path == "deferred",
+            defer_after=0,
+            poll_interval=0.5,
+            timeout=60,
+        )
+        generate >> verify_stored("generate")

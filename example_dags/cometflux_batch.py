@@ -1,0 +1,47 @@
+"""
+A batch of prompts with dynamic task mapping: one mapped task per prompt, all images in one dated folder.
+
+Each mapped task instance creates its own prediction and waits in the triggerer, so a hundred prompts hold no
+worker slots while the model runs; ``collect`` gathers every stored URI in prompt order.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from airflow.sdk import DAG, task
+
+from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperator
+
+OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
+
+PROMPTS = [
+    "a red bicycle leaning on a brick wall, morning light",
+    "a bowl of ramen seen from above, film photo",
+    "an isometric illustration of a tiny greenhouse",
+]
+
+with DAG(
+    dag_id="cometflux_batch",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["cometapi", "flux", "example"],
+):
+    generated = CometFluxPredictionOperator.partial(
+        task_id="generate",
+        model="black-forest-labs/flux-schnell",
+        input={"aspect_ratio": "1:1", "output_format": "png"},
+        output_path=f"{OUTPUT_PATH}/batch/{{{{ ds }}}}",
+        deferrable=True,
+    ).expand(prompt=PROMPTS)
+
+    @task
+    def collect(per_prompt: list[list[str]]) -> list[str]:
+        """Flatten the mapped results: one list of URIs per prompt, in prompt order."""
+        uris = [uri for uris in per_prompt for uri in uris]
+        print(f"{len(uris)} images for {len(PROMPTS)} prompts")
+        return uris
+
+    collect(generated.output)
