@@ -92,87 +92,81 @@ def store_outputs(
     folder = as_storage_path(output_path)
     folder.mkdir(parents=True, exist_ok=True)
     policy = retry_policy or RetryPolicy(max_retries=4)
-    return [
-        _store_one(hook, url, folder, f"{prediction_id}-{index}", prediction_id, output_format, policy)
-        for index, url in enumerate(urls)
+    outputs = [
+        _Output(url, folder, f"{prediction_id}-{index}", prediction_id, output_format) for index, url in enumerate(urls)
     ]
+    return [_store_one(hook, output, policy) for output in outputs]
 
 
-def _store_one(
-    hook: CometAPIHook,
-    url: str,
-    folder: ObjectStoragePath,
-    stem: str,
-    prediction_id: str,
-    output_format: str | None,
-    policy: RetryPolicy,
-) -> StoredImage:
-    stored = _already_stored(url, folder, stem, output_format)
+@dataclass(frozen=True)
+class _Output:
+    """One output to copy: where from, where to, and what it must be."""
+
+    url: str
+    folder: ObjectStoragePath
+    stem: str
+    prediction_id: str
+    output_format: str | None
+
+
+def _store_one(hook: CometAPIHook, output: _Output, policy: RetryPolicy) -> StoredImage:
+    stored = _already_stored(output)
     if stored is not None:
         return stored
     for attempt in range(policy.max_retries + 1):
         try:
-            return _download(hook, url, folder, stem, prediction_id, output_format)
+            return _download(hook, output)
         except OutputExpiredError:
             raise
         except CometAPIError as exc:
             if not exc.transient or attempt >= policy.max_retries:
                 raise
             delay = policy.delay(attempt)
-            log.warning("Copying %s failed (%s); retrying in %.1fs.", url, exc, delay)
+            log.warning("Copying %s failed (%s); retrying in %.1fs.", output.url, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _download(
-    hook: CometAPIHook,
-    url: str,
-    folder: ObjectStoragePath,
-    stem: str,
-    prediction_id: str,
-    output_format: str | None,
-) -> StoredImage:
+def _download(hook: CometAPIHook, output: _Output) -> StoredImage:
     import requests
 
+    url, folder, stem, pid = output.url, output.folder, output.stem, output.prediction_id
     try:
-        with hook.open_output(url, prediction_id=prediction_id) as resp:
+        with hook.open_output(url, prediction_id=pid) as resp:
             content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            ext = _extension(content_type, output_format, prediction_id, url)
-            target = folder / f"{stem}.{ext}"
+            target = folder / f"{stem}.{_extension(content_type, output)}"
             expected = _content_length(resp.headers)
             partial = folder / f".{stem}.{uuid.uuid4().hex}.part"
             try:
                 digest, size = _write(resp, partial)
                 if expected is not None and size != expected:
                     raise IncompleteDownloadError(
-                        f"download of {url} stopped at {size} of {expected} bytes",
-                        prediction_id=prediction_id,
-                        transient=True,
+                        f"download of {url} stopped at {size} of {expected} bytes", prediction_id=pid, transient=True
                     )
                 partial.rename(target)
             finally:
                 if partial.exists():
                     partial.unlink()
     except requests.RequestException as exc:
-        raise CometAPIError(f"download of {url} failed: {exc}", prediction_id=prediction_id, transient=True) from exc
+        raise CometAPIError(f"download of {url} failed: {exc}", prediction_id=pid, transient=True) from exc
     log.info("Stored %s (%d bytes, sha256 %s).", target, size, digest)
     return StoredImage(str(target), url, digest, size, content_type)
 
 
-def _already_stored(url: str, folder: ObjectStoragePath, stem: str, output_format: str | None) -> StoredImage | None:
+def _already_stored(output: _Output) -> StoredImage | None:
     """
     A copy left by an earlier attempt. Files only ever appear whole (moved into place when complete) and are
     named after the prediction, so one that exists is this output: it is not downloaded again, which also
     keeps a retry working after the delivery URL has expired.
     """
-    formats = [output_format] if output_format in FORMATS else list(FORMATS)
+    formats = [output.output_format] if output.output_format in FORMATS else list(FORMATS)
     for fmt in formats:
         ext, content_type = FORMATS[fmt]
-        target = folder / f"{stem}.{ext}"
+        target = output.folder / f"{output.stem}.{ext}"
         if target.exists():
             digest, size = _hash_existing(target)
             log.info("%s is already stored (%d bytes); not downloading it again.", target, size)
-            return StoredImage(str(target), url, digest, size, content_type)
+            return StoredImage(str(target), output.url, digest, size, content_type)
     return None
 
 
@@ -204,13 +198,13 @@ def _content_length(headers: Mapping[str, str]) -> int | None:
         return None
 
 
-def _extension(content_type: str, output_format: str | None, prediction_id: str, url: str) -> str:
-    if output_format in FORMATS:
-        ext, wanted = FORMATS[output_format]
+def _extension(content_type: str, output: _Output) -> str:
+    if output.output_format in FORMATS:
+        ext, wanted = FORMATS[output.output_format]
         if content_type and content_type != wanted:
             raise CometAPIError(
-                f"{url} is {content_type!r}, but output_format {output_format!r} asks for {wanted!r}",
-                prediction_id=prediction_id,
+                f"{output.url} is {content_type!r}, but output_format {output.output_format!r} asks for {wanted!r}",
+                prediction_id=output.prediction_id,
             )
         return ext
     return _EXT_BY_CONTENT_TYPE.get(content_type, "bin")
