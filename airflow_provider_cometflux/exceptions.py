@@ -83,8 +83,12 @@ class CometAPIConnectionConfigError(AirflowFailException):
     """The Airflow connection is missing or has no API key; the message says how to set one up."""
 
 
-class PredictionMayExistError(CometAPIError):
-    """A create request was sent but its answer was lost: the prediction may exist and is not resubmitted."""
+class PredictionMayExistError(CometAPIError, AirflowFailException):
+    """
+    A create request was sent but its answer was lost: the prediction may exist and is not resubmitted.
+
+    It fails the task without Airflow's retries too: a retry would create (and pay for) a second prediction.
+    """
 
 
 class PredictionFailedError(CometAPIError):

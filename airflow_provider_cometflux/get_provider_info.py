@@ -6,6 +6,9 @@ from typing import Any
 
 from airflow_provider_cometflux import __version__
 
+#: The service's address, shown as the "Base URL" placeholder (the hook's default).
+DEFAULT_BASE_URL = "https://api.cometapi.com"
+
 
 def get_provider_info() -> dict[str, Any]:
     """:return: the provider info dict (it validates against Airflow's ``provider_info.schema.json``)."""
@@ -17,7 +20,7 @@ def get_provider_info() -> dict[str, Any]:
         "integrations": [
             {
                 "integration-name": "CometAPI FLUX",
-                "external-doc-url": "https://api.cometapi.com",
+                "external-doc-url": DEFAULT_BASE_URL,
                 "tags": ["service"],
             }
         ],
@@ -30,7 +33,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "CometAPI FLUX",
-                "python-modules": ["airflow_provider_cometflux.operators.flux"],
+                "python-modules": [
+                    "airflow_provider_cometflux.operators.flux",
+                    "airflow_provider_cometflux.operators.batch",
+                ],
             }
         ],
         "sensors": [
@@ -42,13 +48,26 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "CometAPI FLUX",
-                "python-modules": ["airflow_provider_cometflux.triggers.prediction"],
+                "python-modules": [
+                    "airflow_provider_cometflux.triggers.prediction",
+                    "airflow_provider_cometflux.triggers.batch",
+                ],
             }
         ],
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_cometflux.hooks.cometapi.CometAPIHook",
+                "hook-name": "CometAPI",
                 "connection-type": "cometapi",
+                # Read by Airflow 3.2+ without importing the hook; older releases ask the hook's
+                # get_ui_field_behaviour(), which returns the same form.
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "port", "extra"],
+                    "relabeling": {"password": "API key", "host": "Base URL"},
+                    "placeholders": {"host": DEFAULT_BASE_URL, "password": "sk-..."},
+                },
+                # The key and the base URL live in standard fields: no fields in ``extra``.
+                "conn-fields": {},
             }
         ],
         "extra-links": ["airflow_provider_cometflux.links.CometAPIPredictionLink"],

@@ -1,20 +1,24 @@
 """The operator extra link "CometAPI prediction", pointing at the prediction's web page.
 
-The URL is pushed to XCom as soon as the prediction exists (so the link works while the task waits); the
-Airflow 3 UI reads it from XCom, so the API server runs no provider code.
+The URL is pushed to XCom (under the link's ``xcom_key``) as soon as the prediction exists, so the link works while
+the task waits. The Airflow 3 API server reads the link from that XCom only, so it runs no provider code; the worker
+calls :meth:`CometAPIPredictionLink.get_link` when the task finishes and stores what it returns under the same key.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-try:
-    from airflow.sdk import BaseOperatorLink
-except ImportError:  # Airflow 3.0
-    from airflow.models.baseoperatorlink import BaseOperatorLink  # type: ignore[no-redef]
+from airflow.sdk import BaseOperatorLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+log = logging.getLogger(__name__)
+
+#: Where :meth:`CometAPIPredictionLink.persist` also keeps the URL on the running task, saving a lookup at the end.
+_URL_ATTR = "_cometapi_prediction_url"
 
 
 class CometAPIPredictionLink(BaseOperatorLink):
@@ -23,10 +27,20 @@ class CometAPIPredictionLink(BaseOperatorLink):
     name = "CometAPI prediction"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        """:return: the stored page URL, or ``""`` when the task has not reached a prediction yet."""
-        from airflow.sdk.bases.xcom import BaseXCom
+        """
+        :return: the stored page URL, or ``""`` when the task has not reached a prediction yet. Never raises:
+            Airflow 3.0 does not guard this call, and a failure here would fail a finished task.
+        """
+        url = getattr(operator, _URL_ATTR, None)
+        if url is not None:
+            return url
+        try:
+            from airflow.sdk.bases.xcom import BaseXCom
 
-        return BaseXCom.get_value(ti_key=ti_key, key=self.xcom_key) or ""
+            return BaseXCom.get_value(ti_key=ti_key, key=self.xcom_key) or ""
+        except Exception as exc:
+            log.warning("Could not read the CometAPI prediction link: %s", exc)
+            return ""
 
     @classmethod
     def persist(cls, context: Context, url: str | None) -> None:
@@ -37,3 +51,6 @@ class CometAPIPredictionLink(BaseOperatorLink):
         :param url: the prediction's page (``urls.web``); ``None`` stores an empty link.
         """
         context["ti"].xcom_push(key=cls().xcom_key, value=url or "")
+        task = context.get("task")
+        if task is not None:
+            setattr(task, _URL_ATTR, url or "")

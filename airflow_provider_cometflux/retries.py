@@ -14,6 +14,10 @@ from email.utils import parsedate_to_datetime
 #: Statuses worth another try (DESIGN.md): rate limited, gateway and overload errors, Cloudflare's 524.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504, 524})
 
+#: How many polls in a row may fail transiently (each after its own retries) before a wait gives up.
+#: The inline wait and the trigger use the same bound.
+MAX_CONSECUTIVE_POLL_ERRORS = 5
+
 
 def is_retryable_status(status: int, error_code: str | None = None) -> bool:
     """
@@ -58,14 +62,28 @@ class RetryPolicy:
     """
     Capped, jittered exponential backoff that honours ``Retry-After``.
 
+    A ``Retry-After`` is never cut short: retrying before the service said to only earns another refusal.
+    One longer than ``max_retry_after`` ends the retries instead (see :meth:`honours`), and the error is
+    raised as transient, for the caller to try again later.
+
     :param max_retries: how many times one request is retried before its error is raised.
     :param base_delay: the first backoff ceiling, in seconds.
-    :param max_delay: no backoff (nor ``Retry-After``) waits longer than this.
+    :param max_delay: no backoff waits longer than this.
+    :param max_retry_after: the longest ``Retry-After`` waited for, in seconds.
     """
 
     max_retries: int = 5
     base_delay: float = 0.5
     max_delay: float = 30.0
+    max_retry_after: float = 120.0
+
+    def honours(self, retry_after: float | None) -> bool:
+        """
+        Whether a retry may wait out the service's ``Retry-After`` (always, when it sent none).
+
+        :param retry_after: the service's ``Retry-After``, in seconds.
+        """
+        return retry_after is None or retry_after <= self.max_retry_after
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """
@@ -73,6 +91,7 @@ class RetryPolicy:
 
         "Full jitter" backoff spreads retries of many clients apart; a ``Retry-After`` the service sent is a
         floor, with a little jitter on top so that clients told the same time do not return in lockstep.
+        The floor is kept even above ``max_delay``; callers check :meth:`honours` first.
 
         :param attempt: how many tries failed so far, minus one (0 for the first retry).
         :param retry_after: the service's ``Retry-After``, in seconds.
@@ -80,7 +99,7 @@ class RetryPolicy:
         ceiling = min(self.max_delay, self.base_delay * (2**attempt))
         backoff = random.uniform(0, ceiling)
         if retry_after is not None:
-            return min(self.max_delay, retry_after + random.uniform(0, min(1.0, ceiling)))
+            return retry_after + random.uniform(0, min(1.0, ceiling))
         return backoff
 
 

@@ -907,6 +907,21 @@ def test_get_cancel_and_file_fault_directives_apply_to_one_prediction(sim: Comet
     assert requests.get(cut_url, timeout=10).content == sim.file_bytes(cut)
 
 
+def test_finish_ends_in_flight_predictions_now(sim: CometAPISimulator) -> None:
+    stuck = create_id(sim, "a cat [sim:stuck]")
+    slow = create_id(sim, "a dog [sim:slow=60]")
+    failing = create_id(sim, "a bird [sim:failed] [sim:slow=60]")
+    done = create_id(sim, "a fish")
+    wait_done(sim, done)
+    assert sim.finish([stuck]) == [stuck]
+    state = get(sim, stuck).json()
+    assert state["status"] == "succeeded" and state["output"] and get(sim, slow).json()["status"] == "starting"
+    assert sorted(sim.finish()) == sorted([slow, failing])
+    assert get(sim, slow).json()["status"] == "succeeded" and get(sim, failing).json()["status"] == "failed"
+    assert requests.get(state["output"][0], timeout=10).status_code == 200
+    assert sim.finish() == []
+
+
 def test_server_wide_faults_come_before_per_prediction_ones(sim: CometAPISimulator) -> None:
     pid = create_id(sim, "a cat [sim:fault=get,status,status=502]")
     sim.add_fault("get", "status", status=503)

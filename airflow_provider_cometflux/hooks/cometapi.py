@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from airflow_provider_cometflux.exceptions import (
     CometAPIAuthError,
     CometAPIConnectionConfigError,
     CometAPIError,
+    CometFluxInputError,
     OutputExpiredError,
     PredictionMayExistError,
     PredictionTimeoutError,
@@ -32,7 +33,13 @@ from airflow_provider_cometflux.models import (
     note_status,
     split_model,
 )
-from airflow_provider_cometflux.retries import RetryPolicy, is_retryable_status, parse_retry_after, poll_delays
+from airflow_provider_cometflux.retries import (
+    MAX_CONSECUTIVE_POLL_ERRORS,
+    RetryPolicy,
+    is_retryable_status,
+    parse_retry_after,
+    poll_delays,
+)
 
 try:
     from airflow.sdk import BaseHook
@@ -49,6 +56,8 @@ DEFAULT_BASE_URL = "https://api.cometapi.com"
 API_PREFIX = "/replicate/v1"
 USER_AGENT = "airflow-provider-cometflux"
 
+#: How long the connection test may take, retries included.
+TEST_CONNECTION_SECONDS = 15.0
 #: The largest ``Prefer: wait=N`` Replicate accepts.
 MAX_SYNC_WAIT = 60
 
@@ -69,8 +78,19 @@ class _Answer:
     retry_after: float | None = None
 
 
+def _redact(text: str, secret: str | None) -> str:
+    """Blank out the API key wherever a service's message (or a transport error) repeats it."""
+    return text.replace(secret, "***") if secret else text
+
+
 def _service_error(
-    status: int, body: bytes, content_type: str, prediction_id: str | None, retry_after: float | None = None
+    status: int,
+    body: bytes,
+    content_type: str,
+    prediction_id: str | None,
+    retry_after: float | None = None,
+    *,
+    secret: str | None = None,
 ) -> _Answer:
     """Turn an error answer, in either of the service's error shapes (or HTML), into one exception."""
     message, error_type, error_code = None, None, None
@@ -96,7 +116,7 @@ def _service_error(
         message = f"the service answered {kind}" + (f": {snippet!r}" if snippet and "html" not in kind else "")
     cls = CometAPIAuthError if status in (401, 403) else CometAPIError
     error = cls(
-        str(message),
+        _redact(str(message), secret),
         http_status=status,
         prediction_id=prediction_id,
         error_type=str(error_type) if error_type else None,
@@ -106,19 +126,28 @@ def _service_error(
 
 
 def _read_answer(
-    status: int, headers: Mapping[str, str], body: bytes, *, op: str, prediction_id: str | None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    op: str,
+    prediction_id: str | None,
+    secret: str | None = None,
 ) -> _Answer:
     """Decide what an HTTP answer means for a request of kind ``op`` (``create``, ``get`` or ``cancel``)."""
     content_type = headers.get("Content-Type", "")
     if status >= 400:
-        return _service_error(status, body, content_type, prediction_id, parse_retry_after(headers.get("Retry-After")))
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        return _service_error(status, body, content_type, prediction_id, retry_after, secret=secret)
     try:
-        data = json.loads(body)
+        data = json.loads(body) if body else None
     except ValueError:
         data = None
     if isinstance(data, dict):
         return _Answer(data=data)
-    snippet = body[:120].decode("utf-8", "replace")
+    if op == "cancel":  # the service took the cancel; it need not say more
+        return _Answer(data={})
+    snippet = _redact(body[:120].decode("utf-8", "replace"), secret)
     if op == "create":  # accepted, but we cannot tell which prediction: never resubmit blindly
         error: CometAPIError = PredictionMayExistError(
             f"the create answered HTTP {status} with a body that is not a prediction ({snippet!r}); "
@@ -134,11 +163,13 @@ def _read_answer(
     return _Answer(error=error, retryable=True)
 
 
-def _transport_failure(op: str, exc: BaseException, *, sent: bool, prediction_id: str | None) -> _Answer:
+def _transport_failure(
+    op: str, exc: BaseException, *, sent: bool, prediction_id: str | None, secret: str | None = None
+) -> _Answer:
     """
     A request that got no answer. A create is retried only when it provably never reached the service.
     """
-    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    reason = _redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secret)
     if op == "create" and sent:
         return _Answer(
             error=PredictionMayExistError(
@@ -232,8 +263,7 @@ class CometAPIHook(BaseHook):
     # -- credentials -----------------------------------------------------------------------------------------
 
     def _credentials_from(self, conn: Any) -> _Credentials:
-        from airflow.sdk.log import mask_secret
-
+        """The base URL and key of a connection; the key is not registered with the masker here."""
         api_key = (conn.password or "").strip()
         if not api_key:
             raise CometAPIConnectionConfigError(
@@ -241,7 +271,6 @@ class CometAPIHook(BaseHook):
                 "password field (Admin -> Connections), or set AIRFLOW_CONN_"
                 f'{self.cometapi_conn_id.upper()}=\'{{"conn_type": "cometapi", "password": "<your key>"}}\'.'
             )
-        mask_secret(api_key)
         host = (conn.host or "").strip().rstrip("/")
         if not host:
             base_url = DEFAULT_BASE_URL
@@ -270,23 +299,34 @@ class CometAPIHook(BaseHook):
             if "NotFound" in type(exc).__name__:
                 raise self._missing_connection(exc) from None
             raise
-        return self._credentials_from(conn)
+        credentials = self._credentials_from(conn)
+        from airflow.sdk.log import mask_secret
+
+        mask_secret(credentials.api_key)  # in the task's logs and its supervisor's
+        return credentials
 
     async def _aget_credentials(self) -> _Credentials:
         if self._async_credentials is None:
-            try:
-                aget = getattr(BaseHook, "aget_connection", None)
-                if aget is not None:
-                    conn = await aget(self.cometapi_conn_id)
-                else:  # Airflow 3.0: run the blocking lookup off the event loop
-                    from asgiref.sync import sync_to_async
+            from asgiref.sync import sync_to_async
 
-                    conn = await sync_to_async(BaseHook.get_connection)(self.cometapi_conn_id)
+            lookup = sync_to_async(BaseHook.get_connection)  # the blocking lookup, run off the event loop
+            try:
+                aget = getattr(BaseHook, "aget_connection", None)  # Airflow 3.1+
+                try:
+                    conn = await (aget or lookup)(self.cometapi_conn_id)
+                except Exception as exc:
+                    if aget is None or "NotFound" not in type(exc).__name__:
+                        raise
+                    # `airflow dags test` answers aget_connection from environment variables only: ask again
+                    # through the sync lookup, which also sees connections stored in the database
+                    conn = await lookup(self.cometapi_conn_id)
             except Exception as exc:
                 if "NotFound" in type(exc).__name__:
                     raise self._missing_connection(exc) from None
                 raise
-            self._async_credentials = self._credentials_from(conn)
+            credentials = self._credentials_from(conn)
+            await _amask(credentials.api_key)
+            self._async_credentials = credentials
         return self._async_credentials
 
     # -- sync transport --------------------------------------------------------------------------------------
@@ -319,37 +359,65 @@ class CometAPIHook(BaseHook):
         body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
+        """
+        One request, with retries. ``deadline`` (``time.monotonic()`` seconds) bounds every try and every wait.
+        """
         import requests
 
-        url = self._url(self.credentials.base_url, path)
-        timeout = (self.connect_timeout, read_timeout or self.read_timeout)
+        # The key stays inside ``creds`` (whose repr leaves it out): no local of a frame that may end in a
+        # traceback, which some Airflow versions print with its locals, holds it.
+        creds = self.credentials
+        url = self._url(creds.base_url, path)
         for attempt in range(self.retry_policy.max_retries + 1):
+            connect, read = _bounded(deadline, self.connect_timeout, read_timeout or self.read_timeout)
             try:
-                resp = self.session.request(method, url, json=body, headers=headers, timeout=timeout)
+                resp = self.session.request(method, url, json=body, headers=headers, timeout=(connect, read))
             except requests.RequestException as exc:
-                answer = _transport_failure(op, exc, sent=_was_sent(exc), prediction_id=prediction_id)
+                sent = _was_sent(exc)
+                answer = _transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=creds.api_key)
             else:
-                answer = _read_answer(resp.status_code, resp.headers, resp.content, op=op, prediction_id=prediction_id)
+                answer = _read_answer(
+                    resp.status_code,
+                    resp.headers,
+                    resp.content,
+                    op=op,
+                    prediction_id=prediction_id,
+                    secret=creds.api_key,
+                )
             if answer.data is not None:
                 return answer.data
-            time.sleep(self._retry_delay(answer, attempt))
+            time.sleep(self._retry_delay(answer, attempt, deadline))
         raise AssertionError("unreachable")
 
-    def _retry_delay(self, answer: _Answer, attempt: int) -> float:
-        """The wait before the next try, or raise the answer's error when it is final or tries are used up."""
+    def _retry_delay(self, answer: _Answer, attempt: int, deadline: float | None = None) -> float:
+        """
+        The wait before the next try, or raise the answer's error when it is final, the tries are used up, the
+        service asked for a longer pause than the policy waits, or the wait would pass ``deadline``.
+        """
         assert answer.error is not None
-        answer.error.transient = answer.retryable
-        if not answer.retryable or attempt >= self.retry_policy.max_retries:
-            raise answer.error
-        delay = self.retry_policy.delay(attempt, answer.retry_after)
-        tries = self.retry_policy.max_retries + 1
-        log.warning("%s; retrying in %.1fs (try %d of %d).", answer.error, delay, attempt + 2, tries)
+        error = answer.error
+        error.transient = answer.retryable
+        policy = self.retry_policy
+        if not answer.retryable or attempt >= policy.max_retries:
+            raise error
+        if not policy.honours(answer.retry_after):
+            log.warning("%s; the service asks to wait %.0fs before trying again: giving up.", error, answer.retry_after)
+            raise error
+        delay = policy.delay(attempt, answer.retry_after)
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            raise error
+        tries = policy.max_retries + 1
+        log.warning("%s; retrying in %.1fs (try %d of %d).", error, delay, attempt + 2, tries)
         return delay
 
     # -- async transport -------------------------------------------------------------------------------------
 
-    async def _acall(self, method: str, path: str, *, op: str, prediction_id: str | None = None) -> dict[str, Any]:
+    async def _acall(
+        self, method: str, path: str, *, op: str, prediction_id: str | None = None, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Async :meth:`_call`: the same answers, retries and ``deadline``, without blocking the event loop."""
         import aiohttp
 
         creds = await self._aget_credentials()
@@ -359,19 +427,24 @@ class CometAPIHook(BaseHook):
             self._using_loop_session = True
         session = shared.session
         url = self._url(creds.base_url, path)
-        headers = {"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"}
-        timeout = aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=self.read_timeout)
         for attempt in range(self.retry_policy.max_retries + 1):
+            connect, read = _bounded(deadline, self.connect_timeout, self.read_timeout)
+            # ``total`` bounds the wait for a free pooled connection too; a slow answer only holds its own request
+            total = None if deadline is None else connect + read
+            timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
             try:
-                async with session.request(method, url, headers=headers, timeout=timeout) as resp:
+                # the headers are built in the call, not kept in a local (see ``_call``)
+                async with session.request(method, url, headers=_auth_headers(creds), timeout=timeout) as resp:
                     body = await resp.read()
-                    answer = _read_answer(resp.status, resp.headers, body, op=op, prediction_id=prediction_id)
+                    answer = _read_answer(
+                        resp.status, resp.headers, body, op=op, prediction_id=prediction_id, secret=creds.api_key
+                    )
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 sent = not isinstance(exc, aiohttp.ClientConnectorError)
-                answer = _transport_failure(op, exc, sent=sent, prediction_id=prediction_id)
+                answer = _transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=creds.api_key)
             if answer.data is not None:
                 return answer.data
-            await asyncio.sleep(self._retry_delay(answer, attempt))
+            await asyncio.sleep(self._retry_delay(answer, attempt, deadline))
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
@@ -426,17 +499,31 @@ class CometAPIHook(BaseHook):
             headers=headers,
             read_timeout=read_timeout,
         )
+        try:
+            check_prediction_id(prediction.get("id"))
+        except CometFluxInputError:
+            raise PredictionMayExistError(
+                f"the create was accepted but its answer names no usable prediction id ({prediction.get('id')!r}); "
+                "a prediction may exist and was not resubmitted: check your CometAPI dashboard before retrying"
+            ) from None
         log.info("Created prediction %s (%s), status %s.", prediction.get("id"), model, prediction.get("status"))
         return prediction
 
-    def get_prediction(self, prediction_id: str) -> dict[str, Any]:
+    def get_prediction(self, prediction_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """
         Read a prediction from CometAPI's own route (never ``urls.get``, which a CometAPI key cannot use).
 
+        A slow answer is normal (CometAPI's GET can take tens of seconds): reads wait up to ``read_timeout``
+        and a read timeout is retried like any transient failure.
+
         :param prediction_id: the prediction's id.
+        :param timeout: give up (raising the last error, as transient) after this many seconds, retries included.
         """
         pid = check_prediction_id(prediction_id)
-        return self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return _same_prediction(
+            pid, self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
+        )
 
     def cancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
         """
@@ -452,14 +539,17 @@ class CometAPIHook(BaseHook):
             _cancel_not_done(pid, exc)
             return None
 
-    async def aget_prediction(self, prediction_id: str) -> dict[str, Any]:
+    async def aget_prediction(self, prediction_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """
         Async :meth:`get_prediction`, for triggers: never blocks the event loop.
 
         :param prediction_id: the prediction's id.
+        :param timeout: give up (raising the last error, as transient) after this many seconds, retries included.
         """
         pid = check_prediction_id(prediction_id)
-        return await self._acall("GET", f"/predictions/{pid}", op="get", prediction_id=pid)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        answer = await self._acall("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
+        return _same_prediction(pid, answer)
 
     async def acancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
         """
@@ -475,38 +565,62 @@ class CometAPIHook(BaseHook):
             return None
 
     def wait_for_prediction(
-        self, prediction_id: str, *, poll_interval: float = 2.0, timeout: float | None = 600.0
+        self,
+        prediction_id: str,
+        *,
+        poll_interval: float = 2.0,
+        timeout: float | None = 600.0,
+        max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS,
     ) -> dict[str, Any]:
         """
         Poll until the prediction is terminal (``succeeded``, ``failed``, ``canceled`` or ``aborted``).
 
         Polls come quickly at first, then every ``poll_interval`` seconds. An unknown status counts as in flight.
+        ``timeout`` bounds the whole wait, slow answers and retries included. Like the trigger, it tolerates
+        ``max_consecutive_errors - 1`` polls in a row failing transiently (each after its own retries).
 
         :param prediction_id: the prediction's id.
         :param poll_interval: the steady delay between polls, in seconds.
         :param timeout: give up after this many seconds (``None``: never).
+        :param max_consecutive_errors: this many polls failing in a row raise the last poll's error.
         :return: the terminal prediction JSON (whatever its status: the caller decides what failure means).
         :raises PredictionTimeoutError: at the deadline, saying how long it waited and the last status seen.
         """
+        pid = check_prediction_id(prediction_id)
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         delays = poll_delays(poll_interval)
+        errors = 0
+        last_status = "unknown"
+        last_error: CometAPIError | None = None
         while True:
-            prediction = Prediction(self.get_prediction(prediction_id))
-            if prediction.is_terminal:
-                return dict(prediction.raw)
-            note_status(prediction)
+            try:
+                raw = self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
+            except CometAPIError as exc:
+                if not exc.transient:
+                    raise
+                errors, last_error = errors + 1, exc
+                if errors >= max_consecutive_errors and (deadline is None or time.monotonic() < deadline):
+                    raise _polls_failed(exc, errors) from None
+                log.warning("Polling prediction %s failed (%d in a row): %s", pid, errors, exc)
+            else:
+                prediction = Prediction(_same_prediction(pid, raw))
+                if prediction.is_terminal:
+                    return dict(prediction.raw)
+                errors, last_error = 0, None
+                last_status = prediction.status
+                note_status(prediction)
             delay = next(delays)
             if deadline is not None:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining > 0:
+                    time.sleep(min(delay, remaining))
+                if time.monotonic() >= deadline:
                     raise PredictionTimeoutError(
-                        f"gave up after {time.monotonic() - started:.0f}s (timeout {timeout:g}s); "
-                        f"last status '{prediction.status}'",
-                        prediction_id=prediction_id,
+                        _gave_up(time.monotonic() - started, timeout, last_status, last_error), prediction_id=pid
                     )
-                delay = min(delay, remaining)
-            time.sleep(delay)
+            else:
+                time.sleep(delay)
 
     @contextlib.contextmanager
     def open_output(self, url: str, *, prediction_id: str | None = None) -> Iterator[requests.Response]:
@@ -545,7 +659,8 @@ class CometAPIHook(BaseHook):
         A 404 means the key was accepted; 401/403 that it was refused.
         """
         try:
-            self._call("GET", "/predictions/connection-test", op="get")
+            deadline = time.monotonic() + TEST_CONNECTION_SECONDS
+            self._call("GET", "/predictions/connection-test", op="get", deadline=deadline)
         except CometAPIAuthError as exc:
             return False, f"CometAPI refused the API key (HTTP {exc.http_status}): {exc.message}"
         except CometAPIConnectionConfigError as exc:
@@ -557,6 +672,89 @@ class CometAPIHook(BaseHook):
                 return False, f"Could not reach {self.credentials.base_url}: {exc.message}"
             return False, str(exc)
         return True, f"Connected to {self.credentials.base_url}: the API key was accepted."
+
+    async def acreate_prediction(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        wait: int | None = None,
+        cancel_after: str | None = None,
+        on_retry: Callable[[CometAPIError, float], None] | None = None,
+    ) -> dict[str, Any]:
+        """
+        Async :meth:`create_prediction`, for triggers: never blocks the event loop, same safety rules.
+
+        A create is retried only when the service provably did not create the prediction (connection refused or
+        not established, 429 or another retryable error status); when the answer is lost after sending, it raises
+        :class:`~airflow_provider_cometflux.exceptions.PredictionMayExistError` instead of paying twice.
+
+        :param model: ``owner/name``, e.g. ``black-forest-labs/flux-schnell``.
+        :param input: the model inputs (``prompt`` and the rest).
+        :param wait: if set (1..60), send ``Prefer: wait=N``; harmless when the service ignores it.
+        :param cancel_after: if set (e.g. ``"5m"``), send ``Cancel-After``.
+        :param on_retry: called with the error and the delay before each retry, e.g. so that a caller pacing
+            many creates can slow down on a 429.
+        :return: the prediction JSON.
+        """
+        import aiohttp
+
+        owner, name = split_model(model)
+        read_timeout = self.read_timeout
+        headers: dict[str, str] = {"Content-Type": "application/json"}
+        if wait:
+            wait = max(1, min(MAX_SYNC_WAIT, int(wait)))
+            headers["Prefer"] = f"wait={wait}"
+            read_timeout += wait
+        if cancel_after:
+            headers["Cancel-After"] = cancel_after
+        creds = await self._aget_credentials()
+        shared = _loop_session()
+        if not self._using_loop_session:
+            shared.users += 1
+            self._using_loop_session = True
+        headers.update({"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"})
+        url = self._url(creds.base_url, f"/models/{owner}/{name}/predictions")
+        body = json.dumps({"input": dict(input)}).encode()
+        timeout = aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=read_timeout)
+        secret = creds.api_key
+        for attempt in range(self.retry_policy.max_retries + 1):
+            try:
+                async with shared.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                    raw = await resp.read()
+                    answer = _read_answer(
+                        resp.status, resp.headers, raw, op="create", prediction_id=None, secret=secret
+                    )
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                sent = self._async_create_sent(exc)
+                answer = _transport_failure("create", exc, sent=sent, prediction_id=None, secret=secret)
+            if answer.data is not None:
+                try:
+                    check_prediction_id(answer.data.get("id"))
+                except CometFluxInputError:
+                    raise PredictionMayExistError(
+                        "the create was accepted but its answer names no usable prediction id "
+                        f"({answer.data.get('id')!r}); a prediction may exist and was not resubmitted: check your "
+                        "CometAPI dashboard before retrying"
+                    ) from None
+                log.debug("Created prediction %s (%s).", answer.data.get("id"), model)
+                return answer.data
+            delay = self._retry_delay(answer, attempt)
+            if on_retry is not None and answer.error is not None:
+                on_retry(answer.error, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _async_create_sent(exc: BaseException) -> bool:
+        """Whether a failed ``aiohttp`` create may have reached the service (anything but no connection at all)."""
+        import aiohttp
+
+        not_connected: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
+        connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp >= 3.10
+        if connect_timeout is not None:
+            not_connected += (connect_timeout,)
+        return not isinstance(exc, not_connected)
 
 
 def _was_sent(exc: BaseException) -> bool:
@@ -578,3 +776,67 @@ def _cancel_not_done(prediction_id: str, exc: CometAPIError) -> None:
         )
     else:
         log.warning("Could not cancel prediction %s: %s", prediction_id, exc)
+
+
+def _auth_headers(creds: _Credentials) -> dict[str, str]:
+    """The headers of an authenticated async request."""
+    return {"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"}
+
+
+def _bounded(deadline: float | None, connect: float, read: float) -> tuple[float, float]:
+    """The connect and read timeouts of one try, cut to what is left before ``deadline``."""
+    if deadline is None:
+        return connect, read
+    remaining = max(0.05, deadline - time.monotonic())
+    return min(connect, remaining), min(read, remaining)
+
+
+def _same_prediction(prediction_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """
+    Check that an answer is the prediction asked for: its id names files and events downstream.
+
+    An answer without an id gets the one asked for; one naming another prediction is refused.
+    """
+    answered = data.get("id")
+    if answered in (None, ""):
+        return {**data, "id": prediction_id}
+    if answered != prediction_id:
+        raise CometAPIError(
+            f"asked for prediction {prediction_id}, the service answered about {str(answered)[:80]!r}",
+            prediction_id=prediction_id,
+        )
+    return data
+
+
+def _polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
+    """The last poll's error, saying how many polls in a row failed."""
+    return type(exc)(
+        f"{exc.message} ({errors} polls in a row failed)",
+        http_status=exc.http_status,
+        prediction_id=exc.prediction_id,
+        error_type=exc.error_type,
+        error_code=exc.error_code,
+        transient=exc.transient,
+    )
+
+
+def _gave_up(waited: float, timeout: float | None, last_status: str, last_error: BaseException | None) -> str:
+    """The message of a wait that reached its deadline: how long it waited and the last status seen."""
+    limit = f" (timeout {timeout:g}s)" if timeout is not None else ""
+    text = f"gave up after {waited:.0f}s{limit}; last status '{last_status}'"
+    if last_error is not None:
+        text += f"; the last poll failed: {last_error}"
+    return text
+
+
+async def _amask(secret: str) -> None:
+    """Register a secret with the masker from async code, without blocking the event loop."""
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:  # older Airflow: its mask_secret waits for the triggerer's loop, so call it off the loop
+        from airflow.sdk.log import mask_secret
+        from asgiref.sync import sync_to_async
+
+        await sync_to_async(mask_secret)(secret)
+        return
+    await amask_secret(secret)

@@ -30,6 +30,10 @@ try:
 except ImportError:  # Airflow 3.0
     from airflow.configuration import conf  # type: ignore[no-redef,assignment]
     from airflow.sdk import BaseOperator
+from airflow.triggers.base import BaseTrigger
+
+#: Airflow 3.3+ calls a trigger's ``on_kill`` when a user kills a deferred task, which cancels the prediction.
+TRIGGER_ON_KILL = hasattr(BaseTrigger, "on_kill")
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -42,6 +46,11 @@ DEFAULT_DEFER_AFTER = 5.0
 MAX_INPUT_IMAGE_BYTES = 10 * 1024 * 1024
 #: The task state store key holding this task's prediction across attempts (Airflow 3.3+).
 STATE_KEY = "cometflux_prediction"
+
+NO_TRIGGER_ON_KILL = (
+    "This Airflow cannot cancel prediction %s if the deferred task is killed (a trigger's on_kill needs 3.3+); "
+    "it runs on at CometAPI until it finishes."
+)
 
 #: Extra time the triggerer gets past ``timeout`` before Airflow itself fails the deferred task; the trigger
 #: fires its own ``timeout`` event at ``timeout``, so this only matters if the triggerer is overloaded.
@@ -184,6 +193,8 @@ class CometFluxPredictionOperator(BaseOperator):
                 self.log.info("Prediction %s still running after %gs; deferring.", pid, self.defer_after)
             from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 
+            if not TRIGGER_ON_KILL:
+                self.log.info(NO_TRIGGER_ON_KILL, pid)
             self.defer(
                 trigger=CometFluxPredictionTrigger(
                     prediction_id=pid,

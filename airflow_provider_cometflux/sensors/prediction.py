@@ -12,7 +12,7 @@ from airflow_provider_cometflux.completion import complete
 from airflow_provider_cometflux.events import make_event
 from airflow_provider_cometflux.links import CometAPIPredictionLink
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
-from airflow_provider_cometflux.operators.flux import DEFER_GRACE
+from airflow_provider_cometflux.operators.flux import DEFER_GRACE, NO_TRIGGER_ON_KILL, TRIGGER_ON_KILL
 
 try:
     from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
@@ -79,6 +79,8 @@ class CometFluxPredictionSensor(BaseSensorOperator):
             return first.xcom_value
         from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 
+        if not TRIGGER_ON_KILL:
+            self.log.info(NO_TRIGGER_ON_KILL, self.prediction_id)
         self.defer(
             trigger=CometFluxPredictionTrigger(
                 prediction_id=self.prediction_id,

@@ -98,15 +98,17 @@ checked before authentication, oldest first. Kinds:
 
 ``retry_after`` adds a ``Retry-After`` header to any answer; ``delay`` (for kinds other than ``slow``)
 waits that long before misbehaving. Rules given with :meth:`CometAPISimulator.add_fault` apply to every
-prediction; a ``[sim:fault=...]`` prompt directive scopes one to a single prediction.
+prediction; a ``[sim:fault=...]`` prompt directive scopes one to a single prediction. Service-wide behaviour
+comes from constructor arguments: ``expire_after`` (file URLs answer 404 that many seconds after completion
+and ``data_removed`` turns true), ``rate_limit_per_minute`` (creates over the limit in a sliding window
+answer 429 with ``Retry-After``), ``poll_delay`` (every prediction GET takes that long, like CometAPI's slow
+polls).
 
 :attr:`CometAPISimulator.create_requests` lists every create request (prompt, answered status or ``None``
 when the connection was dropped, and the id of the prediction it made, if any), so a test running many
 predictions at once can count the creates of each; :attr:`CometAPISimulator.cancel_requests` lists the
-prediction id of every cancel request. Service-wide behaviour comes from constructor arguments:
-``expire_after`` (file URLs answer 404 that many seconds after completion and ``data_removed`` turns
-true), ``rate_limit_per_minute`` (creates over the limit in a sliding window answer 429 with
-``Retry-After``), ``poll_delay`` (every prediction GET takes that long, like CometAPI's slow polls).
+prediction id of every cancel request. :meth:`CometAPISimulator.finish` ends in-flight predictions at
+once (a ``[sim:stuck]`` one succeeds), so a test decides when they finish.
 """
 
 from __future__ import annotations
@@ -759,6 +761,31 @@ class CometAPISimulator:
         with self._lock:
             records = list(self._records.values())
         return {record.id: self._render(record, now) for record in records}
+
+    def finish(self, prediction_ids: Iterable[str] | None = None) -> list[str]:
+        """
+        End in-flight predictions now, as they were going to end; a ``[sim:stuck]`` one succeeds.
+
+        Lets a test decide when predictions finish (e.g. only after it has restarted a triggerer).
+
+        :param prediction_ids: the predictions to end; ``None`` for every one still in flight.
+        :return: the ids of the predictions it ended.
+        """
+        now = time.monotonic()
+        ended: list[str] = []
+        with self._lock:
+            wanted = list(self._records) if prediction_ids is None else list(prediction_ids)
+            for pid in wanted:
+                record = self._records[pid]
+                if self._status(record, now)[0] in TERMINAL_STATUSES:
+                    continue
+                if record.outcome == "stuck":
+                    record.outcome = "succeeded"
+                record.run_seconds = max(1e-6, now - record.created_mono)
+                ended.append(pid)
+                if record.changed is not None and self._loop is not None and not self._loop.is_closed():
+                    self._loop.call_soon_threadsafe(record.changed.set)
+        return ended
 
     def file_bytes(self, prediction_id: str, index: int = 0) -> bytes:
         """

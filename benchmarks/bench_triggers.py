@@ -1,0 +1,530 @@
+"""
+Benchmark (a): N deferred predictions polled from one event loop, as one triggerer process runs them.
+
+For each case a fresh process (pinned to CPU 0) creates N predictions on the simulator (its own process, pinned to
+CPU 1, so that the service's CPU is not counted), then runs N ``CometFluxPredictionTrigger`` in one asyncio loop
+until every one has fired, and reports:
+
+* wall time from the triggers' start to the last event, against the floor: the moment the last prediction is done
+  (its create was sent ``run-seconds`` earlier), so ``over floor`` is the extra time the polling cost;
+* CPU seconds of the process (all threads), and CPU per poll;
+* the worst event-loop stall (how late a 5 ms timer fired) and its 99th percentile;
+* memory per in-flight prediction: peak RSS growth divided by N;
+* status polls (GETs) per prediction, as the simulator counted them;
+* the time spent fetching the connection (``BaseHook.aget_connection``), total and worst single fetch.
+
+The baseline runs the very same trigger code, with each poll made by ``requests`` in a thread pool
+(``--threads`` workers sharing one keep-alive session) instead of the shared aiohttp pool.
+
+Mode ``batch`` watches the same N predictions from one ``CometFluxBatchTrigger`` instead of N triggers (with
+``--batch-polls-per-minute``, effectively unlimited by default so that only the schedule differs).
+
+``--variant`` also measures proposed changes (join several with ``+``):
+
+* ``cached-credentials``: the hook reads the connection once per event loop (cached per connection id, concurrent
+  first readers share one fetch) instead of once per trigger;
+* ``gc-freeze``: the triggerer freezes its start-up heap (``gc.freeze()``), so full garbage collections no longer
+  walk the hundreds of thousands of objects Airflow itself loaded;
+* ``gc-tune``: ``gc.freeze()`` and a first-generation threshold of 50,000 allocations (instead of 700), so that
+  the short-lived objects of requests in flight die young instead of reaching the oldest generation;
+* ``pool-N``: the shared connection pool holds N connections instead of ``ASYNC_POOL_LIMIT`` (256). With
+  ``--poll-delay`` (every status poll takes that long, as CometAPI's can) the pool caps the polls per second at
+  ``limit / poll-delay``.
+
+Run::
+
+    python -m benchmarks.bench_triggers                 # N = 1,000 and 10,000, both modes
+    python -m benchmarks.bench_triggers --n 1000 --modes aiohttp
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from benchmarks.common import (
+    PYTHON,
+    ROOT,
+    connection_env,
+    cpu_seconds,
+    pin_to_cpu,
+    print_machine,
+    raise_open_files,
+    rss_bytes,
+    simulator_process,
+    table,
+    target,
+)
+
+MODEL = "black-forest-labs/flux-schnell"
+#: Targets from the performance issue.
+MAX_OVER_FLOOR = 2.0
+MAX_STALL_MS = 100.0
+MIN_CPU_RATIO = 3.0
+MAX_BYTES_PER_PREDICTION = 16 * 1024
+
+
+class LoopMonitor:
+    """Measures how late a short timer fires (the loop's stalls), garbage-collection pauses, and peak RSS."""
+
+    def __init__(self, tick: float = 0.005) -> None:
+        self.tick = tick
+        self.lateness: list[float] = []
+        self.windows: list[tuple[float, float]] = []
+        self.peak_rss = rss_bytes()
+        self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.full_gc_spans: list[tuple[float, float]] = []
+        self._gc_started = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            now = time.perf_counter()
+            self.gc_pauses[info["generation"]].append(now - self._gc_started)
+            if info["generation"] == 2:
+                self.full_gc_spans.append((self._gc_started, now))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        ticks = 0
+        while True:
+            start, wall = loop.time(), time.perf_counter()
+            await asyncio.sleep(self.tick)
+            self.lateness.append(loop.time() - start - self.tick)
+            self.windows.append((wall, time.perf_counter()))
+            ticks += 1
+            if ticks % 20 == 0:
+                self.peak_rss = max(self.peak_rss, rss_bytes())
+
+    def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+        self.peak_rss = max(self.peak_rss, rss_bytes())
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def worst_ms(self) -> float:
+        return 1000 * max(self.lateness, default=0.0)
+
+    def worst_outside_gc_ms(self) -> float:
+        """The worst stall in which no full garbage collection ran."""
+        spans = self.full_gc_spans
+        clean = [
+            late
+            for late, (start, end) in zip(self.lateness, self.windows, strict=True)
+            if not any(s < end and e > start for s, e in spans)
+        ]
+        return 1000 * max(clean, default=0.0)
+
+    def p99_ms(self) -> float:
+        if len(self.lateness) < 2:
+            return self.worst_ms()
+        return 1000 * statistics.quantiles(self.lateness, n=100)[98]
+
+
+# -- the measured process ------------------------------------------------------------------------------------
+
+
+async def create_predictions(base_url: str, count: int) -> tuple[list[str], list[float]]:
+    """Create ``count`` predictions as fast as the simulator takes them; return their ids and send times."""
+    import aiohttp
+
+    ids: list[str] = [""] * count
+    sent: list[float] = [0.0] * count
+    loop = asyncio.get_running_loop()
+    url = f"{base_url}/replicate/v1/models/{MODEL}/predictions"
+    headers = {"Authorization": "Bearer bench-key-0123456789"}
+    limit = asyncio.Semaphore(256)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
+
+        async def create(index: int) -> None:
+            async with limit:
+                sent[index] = loop.time()
+                async with session.post(url, json={"input": {"prompt": f"bench {index}"}}, headers=headers) as r:
+                    r.raise_for_status()
+                    ids[index] = (await r.json())["id"]
+
+        await asyncio.gather(*(create(i) for i in range(count)))
+    return ids, sent
+
+
+def instrument_connection_fetch(timings: list[float]) -> None:
+    """Record how long each connection fetch of the hook takes (only fetches, not cached reads)."""
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+    original = CometAPIHook._aget_credentials
+
+    async def timed(self: Any) -> Any:
+        if self._async_credentials is not None:
+            return await original(self)
+        started = time.perf_counter()
+        try:
+            return await original(self)
+        finally:
+            timings.append(time.perf_counter() - started)
+
+    CometAPIHook._aget_credentials = timed  # type: ignore[method-assign]
+
+
+def cache_credentials_per_loop() -> None:
+    """
+    The proposed change, applied for measurement: one connection fetch per event loop and connection id
+    (concurrent first readers await the same fetch), kept for a short time.
+    """
+    import weakref
+
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+    original = CometAPIHook._aget_credentials
+    ttl = 60.0
+    cache: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, asyncio.Future[Any]]]] = weakref.WeakKeyDictionary()
+
+    async def cached(self: Any) -> Any:
+        if self._async_credentials is not None:
+            return self._async_credentials
+        loop = asyncio.get_running_loop()
+        per_loop = cache.setdefault(loop, {})
+        entry = per_loop.get(self.cometapi_conn_id)
+        if entry is None or loop.time() - entry[0] > ttl or (entry[1].done() and entry[1].exception()):
+            entry = (loop.time(), asyncio.ensure_future(original(self)))
+            per_loop[self.cometapi_conn_id] = entry
+        self._async_credentials = await asyncio.shield(entry[1])
+        return self._async_credentials
+
+    CometAPIHook._aget_credentials = cached  # type: ignore[method-assign]
+
+
+class ThreadPoolHook:
+    """The baseline's hook: the sync ``requests`` hook, each call pushed to a thread pool."""
+
+    def __init__(self, sync_hook: Any, pool: ThreadPoolExecutor) -> None:
+        self.sync_hook = sync_hook
+        self.pool = pool
+
+    async def aget_prediction(self, prediction_id: str, **_: Any) -> dict[str, Any]:
+        call = functools.partial(self.sync_hook.get_prediction, prediction_id)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    async def acancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
+        call = functools.partial(self.sync_hook.cancel_prediction, prediction_id)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def thread_pool_trigger_class(threads: int) -> tuple[type, Callable[[], None]]:
+    """A trigger that polls exactly like ``CometFluxPredictionTrigger``, through ``requests`` in threads."""
+    import requests
+
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+    from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poll")
+    sync_hook = CometAPIHook()
+    sync_hook.session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=threads))
+    shared = ThreadPoolHook(sync_hook, pool)
+
+    class ThreadPoolPredictionTrigger(CometFluxPredictionTrigger):
+        def _hook(self) -> Any:
+            return shared
+
+    return ThreadPoolPredictionTrigger, lambda: pool.shutdown(wait=False)
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+
+    loop = asyncio.get_running_loop()
+    sim_stats = functools.partial(_sim_stats, args.base_url)
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+    # warm up as a running triggerer is: secrets backends and providers discovered, the async client imported
+    await CometAPIHook()._aget_credentials()
+    ids, sent = await create_predictions(args.base_url, args.n)
+    fetches: list[float] = []
+    changes = set((args.variant or "").split("+"))
+    if "cached-credentials" in changes:
+        cache_credentials_per_loop()
+    for change in changes:
+        if change.startswith("pool-"):
+            import airflow_provider_cometflux.hooks.cometapi as hook_module
+
+            hook_module.ASYNC_POOL_LIMIT = int(change.removeprefix("pool-"))
+    instrument_connection_fetch(fetches)
+    trigger_class: type = CometFluxPredictionTrigger
+    cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    if args.mode == "threads":
+        trigger_class, cleanup = thread_pool_trigger_class(args.threads)
+    before = await loop.run_in_executor(None, sim_stats)
+    gets_before = before["gets"]
+    gc.collect()
+    if changes & {"gc-freeze", "gc-tune"}:
+        gc.freeze()
+    if "gc-tune" in changes:
+        gc.set_threshold(50_000, 20, 10)
+    rss_before = rss_bytes()
+    cpu_before = cpu_seconds()
+    monitor = LoopMonitor()
+    monitor.start()
+    started = loop.time()
+    end_time = time.time() + args.run_seconds + 300
+    done_at: list[float] = []
+    statuses: dict[str, int] = {}
+
+    async def run_trigger(trigger: Any) -> None:
+        async for event in trigger.run():
+            done_at.append(loop.time())
+            status = event.payload["status"]
+            statuses[status] = statuses.get(status, 0) + 1
+            break
+
+    tasks = []
+    if args.mode == "batch":
+        from airflow_provider_cometflux.triggers.batch import CometFluxBatchTrigger
+
+        batch = CometFluxBatchTrigger(
+            ids,
+            poll_interval=args.poll_interval,
+            end_time=end_time,
+            polls_per_minute=args.batch_polls_per_minute,
+            max_concurrency=256,
+        )
+
+        async def run_batch() -> None:
+            async for event in batch.run():
+                now = loop.time()
+                for item in event.payload["results"]:
+                    done_at.append(now)
+                    statuses[item["status"]] = statuses.get(item["status"], 0) + 1
+                break
+
+        tasks.append(loop.create_task(run_batch()))
+        ids = []
+    for index, pid in enumerate(ids):  # handed over in batches, as the triggerer does
+        trigger = trigger_class(pid, poll_interval=args.poll_interval, end_time=end_time)
+        tasks.append(loop.create_task(run_trigger(trigger)))
+        if index % 100 == 99:
+            await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    finished = max(done_at)
+    cpu = cpu_seconds() - cpu_before
+    await monitor.stop()
+    cleanup()
+    after = await loop.run_in_executor(None, sim_stats)
+    gets = after["gets"] - gets_before
+    floor = max(sent) + args.run_seconds - started
+    wall = finished - started
+    return {
+        "mode": args.mode,
+        "variant": args.variant or "-",
+        "n": args.n,
+        "wall_s": wall,
+        "floor_s": floor,
+        "over_floor_s": wall - floor,
+        "cpu_s": cpu,
+        "cpu_ms_per_poll": 1000 * cpu / max(1, gets),
+        "stall_ms": monitor.worst_ms(),
+        "stall_p99_ms": monitor.p99_ms(),
+        "stall_outside_gc_ms": monitor.worst_outside_gc_ms(),
+        "gc_full_collections": len(monitor.gc_pauses[2]),
+        "gc_worst_pause_ms": 1000 * max((p for ps in monitor.gc_pauses.values() for p in ps), default=0.0),
+        "bytes_per_prediction": (monitor.peak_rss - rss_before) / args.n,
+        "polls_per_prediction": gets / args.n,
+        "polls_per_second": gets / wall,
+        "connection_fetches": len(fetches),
+        "connection_fetch_total_s": sum(fetches),
+        "connection_fetch_worst_ms": 1000 * max(fetches, default=0.0),
+        "statuses": statuses,
+    }
+
+
+def _sim_stats(base_url: str) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/_sim/stats", timeout=60) as resp:
+        return dict(json.loads(resp.read()))
+
+
+def child(args: argparse.Namespace) -> None:
+    pin_to_cpu(0)
+    raise_open_files()
+    import logging
+
+    logging.disable(logging.WARNING)  # measure the polling, not log formatting
+    result = asyncio.run(measure(args))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# -- the orchestrating process -------------------------------------------------------------------------------
+
+
+def run_case(base_url: str, args: argparse.Namespace, n: int, mode: str, variant: str | None) -> dict[str, Any]:
+    command = [
+        PYTHON,
+        "-m",
+        "benchmarks.bench_triggers",
+        "--child",
+        "--base-url",
+        base_url,
+        "--n",
+        str(n),
+        "--modes",
+        mode,
+        "--run-seconds",
+        str(args.run_seconds),
+        "--poll-interval",
+        str(args.poll_interval),
+        "--threads",
+        str(args.threads),
+        "--batch-polls-per-minute",
+        str(args.batch_polls_per_minute),
+    ]
+    if variant:
+        command += ["--variant", variant]
+    env = {**os.environ, **connection_env(base_url), "PYTHONPATH": str(ROOT)}
+    timeout = args.run_seconds * 10 + 600
+    proc = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return dict(json.loads(line[len("RESULT ") :]))
+    raise RuntimeError(f"case n={n} mode={mode} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    headers = [
+        "mode",
+        "variant",
+        "N",
+        "wall s",
+        "floor s",
+        "over floor s",
+        "CPU s",
+        "CPU ms/poll",
+        "worst stall ms",
+        "p99 stall ms",
+        "bytes/pred",
+        "polls/pred",
+        "conn fetch s",
+        "polls/s",
+        "full GCs",
+        "worst GC ms",
+    ]
+    rows = [
+        [
+            r["mode"],
+            r["variant"],
+            r["n"],
+            r["wall_s"],
+            r["floor_s"],
+            r["over_floor_s"],
+            r["cpu_s"],
+            r["cpu_ms_per_poll"],
+            r["stall_ms"],
+            r["stall_p99_ms"],
+            int(r["bytes_per_prediction"]),
+            r["polls_per_prediction"],
+            r["connection_fetch_total_s"],
+            r["polls_per_second"],
+            r["gc_full_collections"],
+            r["gc_worst_pause_ms"],
+        ]
+        for r in results
+    ]
+    print(table(headers, rows))
+    print()
+    for r in results:
+        if r["mode"] == "threads":
+            continue
+        base = next((b for b in results if b["mode"] == "threads" and b["n"] == r["n"]), None)
+        ratio = base["cpu_s"] / r["cpu_s"] if base else None
+        over = r["over_floor_s"]
+        checks = [
+            f"over floor {over:.2f} s <= {MAX_OVER_FLOOR:g}: {target(over <= MAX_OVER_FLOOR)}",
+            f"worst stall {r['stall_ms']:.0f} ms <= {MAX_STALL_MS:g}: {target(r['stall_ms'] <= MAX_STALL_MS)}",
+            f"memory {r['bytes_per_prediction'] / 1024:.1f} KB/pred <= 16: "
+            f"{target(r['bytes_per_prediction'] <= MAX_BYTES_PER_PREDICTION)}",
+        ]
+        if ratio is not None:
+            checks.append(f"CPU {ratio:.1f}x less than threads >= {MIN_CPU_RATIO:g}x: {target(ratio >= MIN_CPU_RATIO)}")
+        print(f"targets, N={r['n']} {r['mode']} ({r['variant']}): " + "; ".join(checks))
+        print(
+            f"  events: {r['statuses']}; connection fetches {r['connection_fetches']}, worst one "
+            f"{r['connection_fetch_worst_ms']:.1f} ms; full GCs {r['gc_full_collections']}, worst GC pause "
+            f"{r['gc_worst_pause_ms']:.0f} ms; worst stall without a full GC {r['stall_outside_gc_ms']:.0f} ms"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[1000, 10000], help="triggers in one loop")
+    parser.add_argument("--modes", nargs="+", default=["aiohttp", "threads"], choices=["aiohttp", "threads", "batch"])
+    parser.add_argument(
+        "--batch-polls-per-minute", type=float, default=1e7, help="the batch trigger's poll budget (mode batch)"
+    )
+    parser.add_argument("--run-seconds", type=float, default=20.0, help="how long each prediction takes")
+    parser.add_argument("--poll-interval", type=float, default=2.0, help="the triggers' poll_interval")
+    parser.add_argument("--threads", type=int, default=32, help="the baseline's thread pool size")
+    parser.add_argument("--poll-delay", type=float, default=0.0, help="every status poll takes this long")
+    parser.add_argument(
+        "--variant",
+        nargs="*",
+        default=[],
+        help="also measure proposed changes: cached-credentials, gc-freeze, or both joined with '+'",
+    )
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--base-url", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    known = {"cached-credentials", "gc-freeze", "gc-tune"}
+    for variant in args.variant:
+        if not all(c in known or re.fullmatch(r"pool-\d+", c) for c in variant.split("+")):
+            parser.error(f"unknown variant {variant!r}; choose from {sorted(known)}, joined with '+'")
+    if args.child:
+        args.n, args.mode = args.n[0], args.modes[0]
+        args.variant = args.variant[0] if args.variant else None
+        child(args)
+        return 0
+    print_machine()
+    print(
+        f"# {args.run_seconds:g} s per prediction, each poll answered after {args.poll_delay:g} s, "
+        f"poll_interval {args.poll_interval:g} s, baseline: requests in "
+        f"{args.threads} threads; simulator in its own process on CPU 1, triggers on CPU 0"
+    )
+    raise_open_files()
+    results = []
+    with simulator_process("--run-seconds", str(args.run_seconds), "--poll-delay", str(args.poll_delay)) as sim:
+        for n in args.n:
+            cases: list[tuple[str, str | None]] = [(mode, None) for mode in args.modes]
+            cases += [("aiohttp", variant) for variant in args.variant]
+            for mode, variant in cases:
+                sim.reset()
+                print(f"... N={n} {mode} {variant or ''}", file=sys.stderr, flush=True)
+                results.append(run_case(sim.base_url, args, n, mode, variant))
+    report(results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
