@@ -15,6 +15,10 @@ from airflow_provider_cometflux.models import Prediction, check_prediction_id, n
 from airflow_provider_cometflux.operators.flux import DEFER_GRACE, NO_TRIGGER_ON_KILL, TRIGGER_ON_KILL
 
 try:
+    from airflow.sdk.exceptions import AirflowSensorTimeout
+except ImportError:  # Airflow 3.0-3.1
+    from airflow.exceptions import AirflowSensorTimeout  # type: ignore[no-redef,attr-defined]
+try:
     from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
 except ImportError:  # Airflow 3.0
     from airflow.configuration import conf  # type: ignore[no-redef,assignment]
@@ -63,6 +67,7 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         self.output_path = output_path
         self.deferrable = deferrable
         self._link_stored = False
+        self._last_status = "unknown"
 
     @cached_property
     def hook(self) -> CometAPIHook:
@@ -73,7 +78,14 @@ class CometFluxPredictionSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         check_prediction_id(self.prediction_id)
         if not self.deferrable:
-            return super().execute(context)
+            try:
+                return super().execute(context)
+            except AirflowSensorTimeout as exc:  # poke and reschedule modes: the deadline cancels, as elsewhere
+                self.hook.cancel_prediction(self.prediction_id)
+                raise AirflowSensorTimeout(
+                    f"Prediction {self.prediction_id}: gave up after {self.timeout:g}s; last status "
+                    f"'{self._last_status}'; cancelled (best effort)."
+                ) from exc
         first = self.poke(context)  # check once: a finished prediction needs no trip to the triggerer
         if first.is_done:
             return first.xcom_value
@@ -94,6 +106,7 @@ class CometFluxPredictionSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         prediction = Prediction(self.hook.get_prediction(self.prediction_id))
+        self._last_status = prediction.status
         if not self._link_stored:
             CometAPIPredictionLink.persist(context, prediction.web_url)
             self._link_stored = True

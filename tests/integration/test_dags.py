@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.compat import requires_task_state_store, storage_uri
+from tests.compat import AIRFLOW_VERSION, requires_task_state_store, storage_uri
 from tests.integration.conftest import EXAMPLE_DAGS, recorded
 
 pytestmark = pytest.mark.integration
@@ -166,3 +166,14 @@ def test_asset_example_records_an_asset_event_with_the_images(dags_test, tmp_pat
     extra = json.loads(rows[-1][0])
     (uri,) = extra["images"]
     assert local(uri).read_bytes()[:4] == b"RIFF" and extra["prediction_id"] in uri
+
+
+@pytest.mark.parametrize("mode", ["poke", "reschedule"])
+def test_sensor_timeout_cancels_the_prediction(dags_test, cometapi_simulator, mode):
+    result = dags_test(f"it_sensor_timeout_{mode}")
+    assert result.states == {"submit": "success", "wait": "failed"}
+    if mode == "reschedule" and AIRFLOW_VERSION.release[:2] < (3, 3):
+        pytest.skip("before Airflow 3.3 a rescheduled sensor's timeout is raised outside its execute: no cancel")
+    (prediction,) = cometapi_simulator.predictions.values()
+    assert prediction["status"] == "canceled"
+    assert "gave up after 2s" in result.output and "cancelled (best effort)" in result.output

@@ -158,3 +158,15 @@ for path in ("deferred", "inline"):
             timeout=60,
         )
         generate >> verify_stored("generate")
+
+
+for mode in ("poke", "reschedule"):
+    with _dag(f"it_sensor_timeout_{mode}"):
+        submit = CometFluxPredictionOperator(task_id="submit", prompt="a cat [sim:stuck]", wait_for_completion=False)
+        submit >> CometFluxPredictionSensor(
+            task_id="wait",
+            prediction_id="{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}",
+            mode=mode,
+            poke_interval=0.5,
+            timeout=2,
+        )
