@@ -713,21 +713,22 @@ class CometAPIHook(BaseHook):
         if not self._using_loop_session:
             shared.users += 1
             self._using_loop_session = True
-        headers.update({"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"})
         url = self._url(creds.base_url, f"/models/{owner}/{name}/predictions")
         body = json.dumps({"input": dict(input)}).encode()
         timeout = aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=read_timeout)
-        secret = creds.api_key
+        # no local variable holds the key: tracebacks printed with their locals must not show it
         for attempt in range(self.retry_policy.max_retries + 1):
             try:
-                async with shared.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                async with shared.session.post(
+                    url, data=body, headers={**headers, **_auth_headers(creds)}, timeout=timeout
+                ) as resp:
                     raw = await resp.read()
                     answer = _read_answer(
-                        resp.status, resp.headers, raw, op="create", prediction_id=None, secret=secret
+                        resp.status, resp.headers, raw, op="create", prediction_id=None, secret=creds.api_key
                     )
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 sent = self._async_create_sent(exc)
-                answer = _transport_failure("create", exc, sent=sent, prediction_id=None, secret=secret)
+                answer = _transport_failure("create", exc, sent=sent, prediction_id=None, secret=creds.api_key)
             if answer.data is not None:
                 try:
                     check_prediction_id(answer.data.get("id"))
