@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.compat import AIRFLOW_VERSION
 from tests.reliability.conftest import RunDag, free_port
 from tests.reliability.fault_table import (
     FAULTS,
@@ -27,7 +28,14 @@ from tests.reliability.fault_table import (
     tag,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        AIRFLOW_VERSION.release[:2] < (3, 3),
+        reason="on Airflow 3.0.6 the metadata database was left malformed after this 44-task DAG's `airflow dags "
+        "test` run ('database disk image is malformed'); the matrix runs on Airflow 3.3",
+    ),
+]
 
 #: Observed rows, filled by the tests of this module, printed at its end.
 OBSERVED: dict[str, list[dict[str, str]]] = {}
