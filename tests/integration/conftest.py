@@ -34,13 +34,18 @@ def airflow_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A throwaway AIRFLOW_HOME with a migrated SQLite metadata database, shared by the session's runs."""
-    home = tmp_path_factory.mktemp("airflow-home")
+def migrated_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A throwaway AIRFLOW_HOME with a migrated SQLite metadata database."""
+    home = tmp_path_factory.mktemp(name)
     proc = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return home
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The AIRFLOW_HOME shared by this session's ``dags_test`` runs."""
+    return migrated_home(tmp_path_factory, "airflow-home")
 
 
 @dataclass

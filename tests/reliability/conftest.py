@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
-from tests.integration.conftest import AIRFLOW, DagRunResult, airflow_env
+from tests.integration.conftest import AIRFLOW, DagRunResult, airflow_env, migrated_home
 
 RELIABILITY_DAGS = Path(__file__).parent / "dags"
 REPO_ROOT = Path(__file__).parents[2]
@@ -65,10 +65,7 @@ def connection_env(conn_id: str, base_url: str, key: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def reliability_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway AIRFLOW_HOME with a migrated SQLite metadata database for this package's runs."""
-    home = tmp_path_factory.mktemp("airflow-home-reliability")
-    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return home
+    return migrated_home(tmp_path_factory, "airflow-home-reliability")
 
 
 RunDag = Callable[..., MatrixRun]
