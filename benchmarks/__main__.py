@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         bench_triggers.main(["--n", "1000", "--run-seconds", "10", "--modes", "aiohttp", "threads", "batch"])
     else:
-        bench_triggers.main(["--modes", "aiohttp", "threads", "batch", "--variant", "cached-credentials+gc-tune"])
+        bench_triggers.main(["--modes", "aiohttp", "threads", "batch", "--variant", "gc-tune"])
     print("\n## (b) import time\n", flush=True)
     bench_import.main([*extra, "--repeat", "3" if args.quick else "7"])
     print("\n## (c) worker-slot seconds and requests per prediction\n", flush=True)

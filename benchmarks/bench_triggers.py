@@ -19,10 +19,8 @@ The baseline runs the very same trigger code, with each poll made by ``requests`
 Mode ``batch`` watches the same N predictions from one ``CometFluxBatchTrigger`` instead of N triggers (with
 ``--batch-polls-per-minute``, effectively unlimited by default so that only the schedule differs).
 
-``--variant`` also measures proposed changes (join several with ``+``):
+``--variant`` also measures changes to the triggerer process (join several with ``+``):
 
-* ``cached-credentials``: the hook reads the connection once per event loop (cached per connection id, concurrent
-  first readers share one fetch) instead of once per trigger;
 * ``gc-freeze``: the triggerer freezes its start-up heap (``gc.freeze()``), so full garbage collections no longer
   walk the hundreds of thousands of objects Airflow itself loaded;
 * ``gc-tune``: ``gc.freeze()`` and a first-generation threshold of 50,000 allocations (instead of 700), so that
@@ -168,49 +166,19 @@ async def create_predictions(base_url: str, count: int) -> tuple[list[str], list
 
 
 def instrument_connection_fetch(timings: list[float]) -> None:
-    """Record how long each connection fetch of the hook takes (only fetches, not cached reads)."""
+    """Record how long each connection lookup of the hooks takes (not the reads the loop's cache answers)."""
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
 
-    original = CometAPIHook._aget_credentials
+    original = CometAPIHook._alookup_credentials
 
     async def timed(self: Any) -> Any:
-        if self._async_credentials is not None:
-            return await original(self)
         started = time.perf_counter()
         try:
             return await original(self)
         finally:
             timings.append(time.perf_counter() - started)
 
-    CometAPIHook._aget_credentials = timed  # type: ignore[method-assign]
-
-
-def cache_credentials_per_loop() -> None:
-    """
-    The proposed change, applied for measurement: one connection fetch per event loop and connection id
-    (concurrent first readers await the same fetch), kept for a short time.
-    """
-    import weakref
-
-    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-
-    original = CometAPIHook._aget_credentials
-    ttl = 60.0
-    cache: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, asyncio.Future[Any]]]] = weakref.WeakKeyDictionary()
-
-    async def cached(self: Any) -> Any:
-        if self._async_credentials is not None:
-            return self._async_credentials
-        loop = asyncio.get_running_loop()
-        per_loop = cache.setdefault(loop, {})
-        entry = per_loop.get(self.cometapi_conn_id)
-        if entry is None or loop.time() - entry[0] > ttl or (entry[1].done() and entry[1].exception()):
-            entry = (loop.time(), asyncio.ensure_future(original(self)))
-            per_loop[self.cometapi_conn_id] = entry
-        self._async_credentials = await asyncio.shield(entry[1])
-        return self._async_credentials
-
-    CometAPIHook._aget_credentials = cached  # type: ignore[method-assign]
+    CometAPIHook._alookup_credentials = timed  # type: ignore[method-assign]
 
 
 class ThreadPoolHook:
@@ -256,19 +224,17 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     loop = asyncio.get_running_loop()
     sim_stats = functools.partial(_sim_stats, args.base_url)
+    import airflow_provider_cometflux.hooks.cometapi as hook_module
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
 
     # warm up as a running triggerer is: secrets backends and providers discovered, the async client imported
     await CometAPIHook()._aget_credentials()
+    hook_module._LOOP_CREDENTIALS.clear()  # the measured triggers look the connection up themselves
     ids, sent = await create_predictions(args.base_url, args.n)
     fetches: list[float] = []
     changes = set((args.variant or "").split("+"))
-    if "cached-credentials" in changes:
-        cache_credentials_per_loop()
     for change in changes:
         if change.startswith("pool-"):
-            import airflow_provider_cometflux.hooks.cometapi as hook_module
-
             hook_module.ASYNC_POOL_LIMIT = int(change.removeprefix("pool-"))
     instrument_connection_fetch(fetches)
     trigger_class: type = CometFluxPredictionTrigger
@@ -489,13 +455,13 @@ def main(argv: list[str] | None = None) -> int:
         "--variant",
         nargs="*",
         default=[],
-        help="also measure proposed changes: cached-credentials, gc-freeze, or both joined with '+'",
+        help="also measure triggerer settings: gc-freeze, gc-tune, pool-N, joined with '+'",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    known = {"cached-credentials", "gc-freeze", "gc-tune"}
+    known = {"gc-freeze", "gc-tune"}
     for variant in args.variant:
         if not all(c in known or re.fullmatch(r"pool-\d+", c) for c in variant.split("+")):
             parser.error(f"unknown variant {variant!r}; choose from {sorted(known)}, joined with '+'")

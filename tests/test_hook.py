@@ -246,3 +246,55 @@ def test_errors_survive_pickling(hook, requests_mock):
         hook.get_prediction("p1abc")
     clone = pickle.loads(pickle.dumps(info.value))
     assert (clone.http_status, clone.prediction_id, str(clone)) == (400, "p1abc", str(info.value))
+
+
+# -- credentials shared by the hooks of one event loop (the triggerer) -------------------------------------------
+
+
+def _conn_env(monkeypatch: pytest.MonkeyPatch, key: str, conn_id: str = "shared") -> None:
+    conn = {"conn_type": "cometapi", "host": BASE, "password": key}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The connection ids the hooks actually looked up (not answered from the event loop's cache)."""
+    seen: list[str] = []
+    original = CometAPIHook._alookup_credentials
+
+    async def counted(self: CometAPIHook):
+        seen.append(self.cometapi_conn_id)
+        return await original(self)
+
+    monkeypatch.setattr(CometAPIHook, "_alookup_credentials", counted)
+    return seen
+
+
+async def test_a_thousand_hooks_on_one_loop_read_the_connection_once(monkeypatch, lookups):
+    import asyncio
+
+    _conn_env(monkeypatch, "sk-first")
+    _conn_env(monkeypatch, "sk-other", conn_id="other")
+    hooks = [CometAPIHook("shared") for _ in range(1000)] + [CometAPIHook("other")]
+    found = await asyncio.gather(*(hook._aget_credentials() for hook in hooks))
+    assert lookups == ["shared", "other"]
+    assert {c.api_key for c in found[:1000]} == {"sk-first"} and found[-1].api_key == "sk-other"
+
+
+async def test_a_changed_key_is_picked_up_after_the_ttl(monkeypatch, lookups):
+    _conn_env(monkeypatch, "sk-first")
+    assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-first"
+    _conn_env(monkeypatch, "sk-rotated")
+    assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-first"  # within the TTL
+    monkeypatch.setattr("airflow_provider_cometflux.hooks.cometapi.CREDENTIALS_TTL", 0.0)
+    assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-rotated"
+    assert lookups == ["shared", "shared"]
+
+
+async def test_a_failed_lookup_is_not_kept(monkeypatch, lookups):
+    monkeypatch.delenv("AIRFLOW_CONN_SHARED", raising=False)
+    with pytest.raises(CometAPIConnectionConfigError, match="AIRFLOW_CONN_SHARED"):
+        await CometAPIHook("shared")._aget_credentials()
+    _conn_env(monkeypatch, "sk-late")
+    assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-late"
+    assert lookups == ["shared", "shared"]

@@ -15,7 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux.exceptions import (
@@ -209,6 +209,24 @@ def _loop_session() -> _LoopSession:
     return shared
 
 
+#: Seconds an event loop reuses a connection's credentials: the thousands of triggers of one triggerer then share
+#: one connection lookup (each costs milliseconds, and a thousand at once stall the loop), and a changed key is
+#: picked up by triggers that start later than this.
+CREDENTIALS_TTL = 60.0
+
+# Per event loop and connection id: when the lookup started, and the lookup itself, which the concurrent first
+# readers all await. A failed lookup is dropped, so the next reader asks again.
+_LOOP_CREDENTIALS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[_Credentials]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _forget_failed(cached: dict[str, Any], conn_id: str, lookup: asyncio.Future[_Credentials]) -> None:
+    """Drop a failed or cancelled credentials lookup from the loop's cache, so that the next reader asks again."""
+    if (lookup.cancelled() or lookup.exception() is not None) and cached.get(conn_id, (0, None))[1] is lookup:
+        del cached[conn_id]
+
+
 async def close_async_session() -> None:
     """Close this event loop's shared HTTP session now, whoever uses it (it reopens on next use)."""
     shared = _ASYNC_SESSIONS.pop(asyncio.get_running_loop(), None)
@@ -306,28 +324,44 @@ class CometAPIHook(BaseHook):
         return credentials
 
     async def _aget_credentials(self) -> _Credentials:
+        """
+        The base URL and key, read from the connection once per hook, and shared for :data:`CREDENTIALS_TTL`
+        seconds by every hook on the same event loop that uses the same connection.
+        """
         if self._async_credentials is None:
-            from asgiref.sync import sync_to_async
-
-            lookup = sync_to_async(BaseHook.get_connection)  # the blocking lookup, run off the event loop
-            try:
-                aget = getattr(BaseHook, "aget_connection", None)  # Airflow 3.1+
-                try:
-                    conn = await (aget or lookup)(self.cometapi_conn_id)
-                except Exception as exc:
-                    if aget is None or "NotFound" not in type(exc).__name__:
-                        raise
-                    # `airflow dags test` answers aget_connection from environment variables only: ask again
-                    # through the sync lookup, which also sees connections stored in the database
-                    conn = await lookup(self.cometapi_conn_id)
-            except Exception as exc:
-                if "NotFound" in type(exc).__name__:
-                    raise self._missing_connection(exc) from None
-                raise
-            credentials = self._credentials_from(conn)
-            await _amask(credentials.api_key)
-            self._async_credentials = credentials
+            loop = asyncio.get_running_loop()
+            cached = _LOOP_CREDENTIALS.setdefault(loop, {})
+            entry = cached.get(self.cometapi_conn_id)
+            if entry is None or loop.time() - entry[0] > CREDENTIALS_TTL:
+                lookup = asyncio.ensure_future(self._alookup_credentials())
+                entry = cached[self.cometapi_conn_id] = (loop.time(), lookup)
+                lookup.add_done_callback(partial(_forget_failed, cached, self.cometapi_conn_id))
+            # shielded: one reader cancelled (its trigger ended) does not cancel the lookup the others await
+            self._async_credentials = await asyncio.shield(entry[1])
         return self._async_credentials
+
+    async def _alookup_credentials(self) -> _Credentials:
+        """Read the connection without blocking the event loop, and register its key with the masker."""
+        from asgiref.sync import sync_to_async
+
+        lookup = sync_to_async(BaseHook.get_connection)  # the blocking lookup, run off the event loop
+        try:
+            aget = getattr(BaseHook, "aget_connection", None)  # Airflow 3.1+
+            try:
+                conn = await (aget or lookup)(self.cometapi_conn_id)
+            except Exception as exc:
+                if aget is None or "NotFound" not in type(exc).__name__:
+                    raise
+                # `airflow dags test` answers aget_connection from environment variables only: ask again
+                # through the sync lookup, which also sees connections stored in the database
+                conn = await lookup(self.cometapi_conn_id)
+        except Exception as exc:
+            if "NotFound" in type(exc).__name__:
+                raise self._missing_connection(exc) from None
+            raise
+        credentials = self._credentials_from(conn)
+        await _amask(credentials.api_key)
+        return credentials
 
     # -- sync transport --------------------------------------------------------------------------------------
 
