@@ -107,12 +107,13 @@ def poll_delays(poll_interval: float, *, first: float = 0.5) -> Iterator[float]:
     """
     Delays between polls: quick at first (a fast model is seen done soon), then every ``poll_interval``.
 
-    Each delay carries +-10% jitter so that many waiters started together drift apart.
+    Each delay is cut by up to 10% at random, so that many waiters started together drift apart, while
+    ``poll_interval`` stays the longest gap: a prediction is seen done at most ``poll_interval`` after it ends.
 
     :param poll_interval: the steady delay, in seconds.
     :param first: the first delay, in seconds (never more than ``poll_interval``).
     """
     delay = min(first, poll_interval)
     while True:
-        yield max(0.0, delay * random.uniform(0.9, 1.1))
+        yield delay * random.uniform(0.9, 1.0)
         delay = min(poll_interval, delay * 2)
