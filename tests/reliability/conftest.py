@@ -71,10 +71,9 @@ def reliability_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 RunDag = Callable[..., MatrixRun]
 
 
-@pytest.fixture
-def run_dag(reliability_home: Path) -> RunDag:
+def dag_runner(home: Path) -> RunDag:
     """
-    Run ``airflow dags test DAG_ID`` on the DAGs of ``tests/reliability/dags``.
+    Run ``airflow dags test DAG_ID`` on the DAGs of ``tests/reliability/dags``, with ``home`` as AIRFLOW_HOME.
 
     ``connections`` maps a connection id to ``(base_url, key)``; other keyword arguments become environment
     variables of the run.
@@ -86,7 +85,7 @@ def run_dag(reliability_home: Path) -> RunDag:
         import time
 
         env = airflow_env(
-            reliability_home,
+            home,
             AIRFLOW__CORE__DAGS_FOLDER=str(RELIABILITY_DAGS),
             PYTHONPATH=str(REPO_ROOT),
             **extra_env,
@@ -98,7 +97,7 @@ def run_dag(reliability_home: Path) -> RunDag:
             [AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=timeout
         )
         seconds = time.monotonic() - started
-        db = reliability_home / "airflow.db"
+        db = home / "airflow.db"
         with sqlite3.connect(db) as conn_db:
             row = conn_db.execute(
                 "SELECT run_id FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
@@ -113,6 +112,18 @@ def run_dag(reliability_home: Path) -> RunDag:
         return MatrixRun(proc.returncode, output, states, db, row[0], split_task_logs(output), seconds)
 
     return run
+
+
+@pytest.fixture
+def run_dag(reliability_home: Path) -> RunDag:
+    """:func:`dag_runner` on this session's shared AIRFLOW_HOME."""
+    return dag_runner(reliability_home)
+
+
+@pytest.fixture
+def run_dag_in_fresh_home(tmp_path_factory: pytest.TempPathFactory) -> RunDag:
+    """:func:`dag_runner` on an AIRFLOW_HOME of this test's own, so a rerun never inherits a damaged database."""
+    return dag_runner(migrated_home(tmp_path_factory, "airflow-home-fresh"))
 
 
 @pytest.fixture

@@ -28,14 +28,12 @@ from tests.reliability.fault_table import (
     tag,
 )
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(
-        AIRFLOW_VERSION.release[:2] < (3, 3),
-        reason="on Airflow 3.0.6 the metadata database was left malformed after this 44-task DAG's `airflow dags "
-        "test` run ('database disk image is malformed'); the matrix runs on Airflow 3.3",
-    ),
-]
+#: On Airflow 3.0.6, a run of this 44-task DAG once left its SQLite metadata database "malformed" (an
+#: intermittent fault of that release's ``airflow dags test``; it passed 3 runs of 3 on 2026-12-01). There each
+#: path gets one rerun, in a fresh AIRFLOW_HOME (every run has its own), so one damaged database does not fail it.
+RERUNS = 1 if AIRFLOW_VERSION.release[:2] < (3, 3) else 0
+
+pytestmark = [pytest.mark.integration]
 
 #: Observed rows, filled by the tests of this module, printed at its end.
 OBSERVED: dict[str, list[dict[str, str]]] = {}
@@ -83,11 +81,12 @@ def observe(fault: Fault, path: str, run: Any, sim: Any) -> tuple[dict[str, str]
     return row, problems
 
 
+@pytest.mark.flaky(reruns=RERUNS)
 @pytest.mark.parametrize("path", PATHS)
-def test_fault_matrix(path: str, run_dag: RunDag, simulator_factory, tmp_path: Path) -> None:
+def test_fault_matrix(path: str, run_dag_in_fresh_home: RunDag, simulator_factory, tmp_path: Path) -> None:
     key = f"sk-fm-{secrets.token_hex(12)}"
     sim = simulator_factory(run_seconds=0.3, api_key=key)
-    run = run_dag(
+    run = run_dag_in_fresh_home(
         dag_id(path),
         connections={
             GOOD_CONN: (sim.base_url, key),
