@@ -216,14 +216,17 @@ CREDENTIALS_TTL = 60.0
 
 # Per event loop and connection id: when the lookup started, and the lookup itself, which the concurrent first
 # readers all await. A failed lookup is dropped, so the next reader asks again.
-_LOOP_CREDENTIALS: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[str, tuple[float, asyncio.Future[_Credentials]]]
-] = weakref.WeakKeyDictionary()
+_CredentialsLookups = dict[str, tuple[float, "asyncio.Future[_Credentials]"]]
+_LOOP_CREDENTIALS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _CredentialsLookups] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _forget_failed(cached: dict[str, Any], conn_id: str, lookup: asyncio.Future[_Credentials]) -> None:
+def _forget_failed(cached: _CredentialsLookups, conn_id: str, lookup: asyncio.Future[_Credentials]) -> None:
     """Drop a failed or cancelled credentials lookup from the loop's cache, so that the next reader asks again."""
-    if (lookup.cancelled() or lookup.exception() is not None) and cached.get(conn_id, (0, None))[1] is lookup:
+    failed = lookup.cancelled() or lookup.exception() is not None
+    entry = cached.get(conn_id)
+    if failed and entry is not None and entry[1] is lookup:
         del cached[conn_id]
 
 
