@@ -36,8 +36,10 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 ADMIN = "admin"
 #: The key the simulator accepts; the connection created through the REST API carries it.
 API_KEY = "sk-services-" + secrets.token_hex(8)
-#: Seconds each simulated prediction takes: long enough that deferred tasks really wait in the triggerer.
-RUN_SECONDS = 4.0
+#: Seconds each simulated prediction takes: long enough that deferred tasks really wait in the triggerer, and
+#: longer than the LocalExecutor may take to report a deferring run's end (6 s seen on 2 loaded cores): when the
+#: trigger fires first, the scheduler takes that late report for the resumed task's and fails it (an Airflow race).
+RUN_SECONDS = 10.0
 
 #: REST answers worth quoting, printed at the end of the session (see ``pytest_terminal_summary``).
 REST_ANSWERS: dict[str, Any] = {}
