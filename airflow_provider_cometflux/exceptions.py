@@ -23,6 +23,7 @@ class CometAPIError(AirflowException):
     :param error_type: the service's error ``type`` (CometAPI shape) or ``title`` (problem+json shape).
     :param error_code: the service's error ``code``, when it gave one.
     :param transient: whether trying again later may succeed (a 429, a 503, a lost connection...).
+    :param retry_after: the seconds the service asked to wait (its ``Retry-After``), when it said.
     """
 
     def __init__(
@@ -34,8 +35,10 @@ class CometAPIError(AirflowException):
         error_type: str | None = None,
         error_code: str | None = None,
         transient: bool = False,
+        retry_after: float | None = None,
     ) -> None:
         self.message = message
+        self.retry_after = retry_after
         self.http_status = http_status
         self.prediction_id = prediction_id
         self.error_type = error_type
@@ -66,6 +69,7 @@ class CometAPIError(AirflowException):
                     "error_type": self.error_type,
                     "error_code": self.error_code,
                     "transient": self.transient,
+                    "retry_after": self.retry_after,
                 },
             ),
         )

@@ -5,6 +5,7 @@ Pure data handling: nothing here speaks HTTP or touches Airflow, so it is cheap 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -315,3 +316,26 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
         rule.check(name, value)
     if input.get("aspect_ratio") == "custom" and not ("width" in input and "height" in input):
         raise CometFluxInputError("input.aspect_ratio: 'custom' needs input.width and input.height (256..1440).")
+
+
+def public_input(model_input: Mapping[str, Any] | None) -> dict[str, Any]:
+    """
+    The model input as it may be kept downstream (XCom, sidecars, the UI): every inline image (a ``data:`` URI)
+    is replaced by ``{"data_uri": True, "bytes": N, "sha256": "..."}``; nothing else of the input is secret.
+
+    :param model_input: the input sent to the service.
+    """
+    out: dict[str, Any] = {}
+    for key, value in (model_input or {}).items():
+        if isinstance(value, str) and value.startswith("data:"):
+            payload = value.partition(",")[2].encode()
+            try:
+                import base64
+
+                raw = base64.b64decode(payload, validate=False)
+            except ValueError:
+                raw = payload
+            out[key] = {"data_uri": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+        else:
+            out[key] = value
+    return out
