@@ -66,6 +66,8 @@ MAX_SYNC_WAIT = 60
 class _Credentials:
     base_url: str
     api_key: str = field(repr=False)
+    #: the ceiling the user set on the connection (extra ``requests_per_minute``), if any
+    requests_per_minute: float | None = None
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,36 @@ class CometAPIHook(BaseHook):
             base_url = f"{conn.schema or 'https'}://{host}"
         if conn.port and "://" not in host:
             base_url = f"{base_url}:{conn.port}"
-        return _Credentials(base_url=base_url, api_key=api_key)
+        return _Credentials(base_url=base_url, api_key=api_key, requests_per_minute=self._ceiling_from(conn))
+
+    def _ceiling_from(self, conn: Any) -> float | None:
+        """The connection's ``requests_per_minute`` extra: a number above 0, or ``None`` when unset."""
+        try:
+            extra = conn.extra_dejson or {}
+        except Exception:
+            extra = {}
+        value = extra.get("requests_per_minute") if isinstance(extra, Mapping) else None
+        if value in (None, ""):
+            return None
+        try:
+            ceiling = float(value)
+        except (TypeError, ValueError):
+            ceiling = 0.0
+        if not ceiling > 0 or ceiling != ceiling:
+            raise CometAPIConnectionConfigError(
+                f"Connection '{self.cometapi_conn_id}': requests_per_minute {value!r} is not allowed; expected a "
+                "number above 0 (or leave it empty for no ceiling)."
+            )
+        return ceiling
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        """The request ceiling set on the connection (extra ``requests_per_minute``), or ``None``."""
+        return self.credentials.requests_per_minute
+
+    async def arequests_per_minute(self) -> float | None:
+        """Async :attr:`requests_per_minute`, read with the shared connection lookup of the event loop."""
+        return (await self._aget_credentials()).requests_per_minute
 
     def _missing_connection(self, exc: Exception) -> CometAPIConnectionConfigError:
         return CometAPIConnectionConfigError(
