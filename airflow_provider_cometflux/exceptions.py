@@ -7,10 +7,7 @@ None of them ever holds the API key.
 
 from __future__ import annotations
 
-try:
-    from airflow.sdk.exceptions import AirflowException, AirflowFailException
-except ImportError:  # Airflow 3.0
-    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef]
+from airflow_provider_cometflux._compat import AirflowException, AirflowFailException
 
 
 class CometAPIError(AirflowException):
@@ -113,3 +110,21 @@ class CometFluxInputError(AirflowFailException, ValueError):
 
 class OutputExpiredError(CometAPIError):
     """A delivery URL answered 403/404/410: the service has already deleted the output."""
+
+
+class OutputTooLargeError(CometAPIError, AirflowFailException):
+    """An output is larger than ``max_output_bytes``: nothing of it is kept, and a retry would fetch the same."""
+
+
+class IncompleteDownloadError(CometAPIError):
+    """A download ended before its Content-Length (retried, then raised)."""
+
+
+class OutputsRemovedError(PredictionFailedError, AirflowFailException):
+    """
+    A prediction succeeded but its outputs are gone (``data_removed``): they will not come back, so no retry.
+    """
+
+
+class CometFluxBatchFailedError(AirflowFailException):
+    """Some prompts of a batch failed; the others' images are in XCom. Not retried: that would pay for them again."""

@@ -5,6 +5,7 @@ Pure data handling: nothing here speaks HTTP or touches Airflow, so it is cheap 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow_provider_cometflux.exceptions import CometFluxInputError
+from airflow_provider_cometflux.exceptions import CometFluxInputError, OutputsRemovedError, PredictionFailedError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,24 @@ IN_FLIGHT_STATUSES = frozenset({"starting", "processing"})
 FAILED_STATUSES = frozenset({"failed", "canceled", "aborted"})
 SUCCESS_STATUS = "succeeded"
 TERMINAL_STATUSES = FAILED_STATUSES | {SUCCESS_STATUS}
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def safe_text(text: object, *, limit: int = 2000) -> str:
+    """
+    Service-provided text made safe to log or raise: control characters (ANSI escapes, newlines that could forge
+    a log line) are shown escaped (``\\x1b``, ``\\n``), and the text is cut at ``limit`` characters.
+
+    :param text: what the service said.
+    :param limit: the most characters kept.
+    """
+    value = str(text)
+    if len(value) > limit:
+        value = value[:limit] + "..."
+    return _CONTROL.sub(lambda m: _NAMED_ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), value)
+
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PREDICTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -115,12 +134,44 @@ class Prediction:
         if err in (None, ""):
             return None
         if isinstance(err, Mapping):
-            return str(err.get("message") or err.get("detail") or json.dumps(dict(err)))
-        return str(err)
+            return safe_text(err.get("message") or err.get("detail") or json.dumps(dict(err)))
+        return safe_text(err)
 
     @property
     def output_urls(self) -> list[str]:
         return normalize_output(self.raw.get("output"))
+
+    @property
+    def data_removed(self) -> bool:
+        return self.raw.get("data_removed") is True
+
+    def require_outputs(self) -> list[str]:
+        """
+        The output URLs of a succeeded prediction; a success without any is a loss, never an empty result.
+
+        :raises OutputsRemovedError: the service removed the outputs (``data_removed``): not retried.
+        :raises PredictionFailedError: no output, or an output that is not an http(s) URL.
+        """
+        try:
+            urls = self.output_urls
+        except ValueError as exc:
+            raise PredictionFailedError(
+                f"Prediction {self.id} succeeded with an unusable output: {safe_text(exc)}", prediction_id=self.id
+            ) from None
+        if urls:
+            return urls
+        if self.data_removed:
+            raise OutputsRemovedError(
+                f"Prediction {self.id} succeeded, but the service has removed its outputs (data_removed: it deletes "
+                "them about an hour after a prediction ends); they will not come back. Set output_path so images "
+                "are copied as soon as they are ready.",
+                prediction_id=self.id,
+            )
+        raise PredictionFailedError(
+            f"Prediction {self.id} succeeded without any output (output: {safe_text(repr(self.raw.get('output')))})"
+            ": there are no images to return.",
+            prediction_id=self.id,
+        )
 
     @property
     def web_url(self) -> str | None:
@@ -151,7 +202,9 @@ def note_status(prediction: Prediction) -> None:
     """Log a status the provider does not know; such a prediction is treated as still in flight."""
     if prediction.status not in TERMINAL_STATUSES | IN_FLIGHT_STATUSES:
         log.warning(
-            "Prediction %s has unknown status %r; treating it as still running.", prediction.id, prediction.status
+            "Prediction %s has unknown status %s; treating it as still running.",
+            prediction.id,
+            safe_text(repr(prediction.status), limit=80),
         )
 
 
@@ -330,8 +383,6 @@ def public_input(model_input: Mapping[str, Any] | None) -> dict[str, Any]:
         if isinstance(value, str) and value.startswith("data:"):
             payload = value.partition(",")[2].encode()
             try:
-                import base64
-
                 raw = base64.b64decode(payload, validate=False)
             except ValueError:
                 raw = payload

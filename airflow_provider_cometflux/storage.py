@@ -12,15 +12,14 @@ import hashlib
 import logging
 import os
 import pathlib
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cometflux.exceptions import CometAPIError, CometFluxInputError, OutputExpiredError
-from airflow_provider_cometflux.models import IMAGE_INPUTS
-from airflow_provider_cometflux.retries import RetryPolicy
+from airflow_provider_cometflux.exceptions import CometAPIError, CometFluxInputError
+from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
+from airflow_provider_cometflux.models import IMAGE_INPUTS, safe_text
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -38,10 +37,6 @@ FORMATS: dict[str, tuple[str, str]] = {
     "png": ("png", "image/png"),
 }
 _EXT_BY_CONTENT_TYPE = {ctype: ext for ext, ctype in FORMATS.values()}
-
-
-class IncompleteDownloadError(CometAPIError):
-    """A download ended before its Content-Length (retried, then raised)."""
 
 
 @dataclass(frozen=True)
@@ -76,26 +71,27 @@ def store_outputs(
     prediction_id: str,
     *,
     output_format: str | None = None,
-    retry_policy: RetryPolicy | None = None,
+    max_bytes: int = MAX_OUTPUT_BYTES,
+    timeout: float = DOWNLOAD_TIMEOUT,
 ) -> list[StoredImage]:
     """
     Copy every output URL to ``<output_path>/<prediction_id>-<index>.<ext>``, whole or not at all.
 
-    :param hook: the hook that opens the delivery URLs (the only place that speaks HTTP).
+    :param hook: the hook that downloads (the only code that speaks HTTP; its retry policy applies).
     :param urls: the prediction's output URLs, in order.
     :param output_path: the folder to copy into.
     :param prediction_id: names the files.
     :param output_format: the requested ``output_format``; the delivered Content-Type must match it.
-    :param retry_policy: backoff for cut-short downloads and transient errors.
+    :param max_bytes: the largest output accepted.
+    :param timeout: seconds the copy of one output may take.
     :return: one :class:`StoredImage` per URL, in order.
     """
     folder = as_storage_path(output_path)
     folder.mkdir(parents=True, exist_ok=True)
-    policy = retry_policy or RetryPolicy(max_retries=4)
     outputs = [
         _Output(url, folder, f"{prediction_id}-{index}", prediction_id, output_format) for index, url in enumerate(urls)
     ]
-    return [_store_one(hook, output, policy) for output in outputs]
+    return [_already_stored(output) or _download(hook, output, max_bytes, timeout) for output in outputs]
 
 
 @dataclass(frozen=True)
@@ -109,48 +105,47 @@ class _Output:
     output_format: str | None
 
 
-def _store_one(hook: CometAPIHook, output: _Output, policy: RetryPolicy) -> StoredImage:
-    stored = _already_stored(output)
-    if stored is not None:
-        return stored
-    for attempt in range(policy.max_retries + 1):
-        try:
-            return _download(hook, output)
-        except OutputExpiredError:
-            raise
-        except CometAPIError as exc:
-            if not exc.transient or attempt >= policy.max_retries:
-                raise
-            delay = policy.delay(attempt)
-            log.warning("Copying %s failed (%s); retrying in %.1fs.", output.url, exc, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+class _PartialFile:
+    """A download's sink: a temporary file beside the target, and the sha256 of what was written to it."""
+
+    def __init__(self, path: ObjectStoragePath) -> None:
+        self.path = path
+        self._out: Any = None
+        self.sha = hashlib.sha256()
+
+    def begin(self) -> None:
+        self.close()
+        self.sha = hashlib.sha256()
+        self._out = self.path.open("wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self._out.write(chunk)
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def discard(self) -> None:
+        self.close()
+        if self.path.exists():
+            self.path.unlink()
 
 
-def _download(hook: CometAPIHook, output: _Output) -> StoredImage:
-    import requests
-
-    url, folder, stem, pid = output.url, output.folder, output.stem, output.prediction_id
+def _download(hook: CometAPIHook, output: _Output, max_bytes: int, timeout: float) -> StoredImage:
+    folder, stem, pid = output.folder, output.stem, output.prediction_id
+    partial = _PartialFile(folder / f".{stem}.{uuid.uuid4().hex}.part")
     try:
-        with hook.open_output(url, prediction_id=pid) as resp:
-            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
-            target = folder / f"{stem}.{_extension(content_type, output)}"
-            expected = _content_length(resp.headers)
-            partial = folder / f".{stem}.{uuid.uuid4().hex}.part"
-            try:
-                digest, size = _write(resp, partial)
-                if expected is not None and size != expected:
-                    raise IncompleteDownloadError(
-                        f"download of {url} stopped at {size} of {expected} bytes", prediction_id=pid, transient=True
-                    )
-                partial.rename(target)
-            finally:
-                if partial.exists():
-                    partial.unlink()
-    except requests.RequestException as exc:
-        raise CometAPIError(f"download of {url} failed: {exc}", prediction_id=pid, transient=True) from exc
-    log.info("Stored %s (%d bytes, sha256 %s).", target, size, digest)
-    return StoredImage(str(target), url, digest, size, content_type)
+        got = hook.download_output(output.url, partial, max_bytes=max_bytes, timeout=timeout, prediction_id=pid)
+        partial.close()
+        target = folder / f"{stem}.{_extension(got.content_type, output)}"
+        partial.path.rename(target)
+    finally:
+        partial.discard()
+    digest = partial.sha.hexdigest()
+    log.info("Stored %s (%d bytes, sha256 %s).", target, got.bytes, digest)
+    return StoredImage(str(target), output.url, digest, got.bytes, got.content_type)
 
 
 def _already_stored(output: _Output) -> StoredImage | None:
@@ -170,17 +165,6 @@ def _already_stored(output: _Output) -> StoredImage | None:
     return None
 
 
-def _write(resp: Any, partial: ObjectStoragePath) -> tuple[str, int]:
-    sha = hashlib.sha256()
-    size = 0
-    with partial.open("wb") as out:
-        for chunk in resp.iter_content(CHUNK_SIZE):
-            sha.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    return sha.hexdigest(), size
-
-
 def _hash_existing(path: ObjectStoragePath) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
@@ -191,19 +175,13 @@ def _hash_existing(path: ObjectStoragePath) -> tuple[str, int]:
     return sha.hexdigest(), size
 
 
-def _content_length(headers: Mapping[str, str]) -> int | None:
-    try:
-        return int(headers["Content-Length"])
-    except (KeyError, ValueError):
-        return None
-
-
 def _extension(content_type: str, output: _Output) -> str:
     if output.output_format in FORMATS:
         ext, wanted = FORMATS[output.output_format]
         if content_type and content_type != wanted:
             raise CometAPIError(
-                f"{output.url} is {content_type!r}, but output_format {output.output_format!r} asks for {wanted!r}",
+                f"{safe_text(output.url)} is {safe_text(repr(content_type))}, but output_format "
+                f"{output.output_format!r} asks for {wanted!r}",
                 prediction_id=output.prediction_id,
             )
         return ext

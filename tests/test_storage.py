@@ -68,7 +68,7 @@ def test_cut_short_download_is_retried(cometapi_connection, tmp_path):
     sim = cometapi_connection
     pid, urls = finished_prediction(sim, output_format="png")
     sim.add_fault("file", "truncate", times=2)
-    (image,) = store_outputs(CometAPIHook(), urls, tmp_path, pid, output_format="png", retry_policy=FAST)
+    (image,) = store_outputs(CometAPIHook(retry_policy=FAST), urls, tmp_path, pid, output_format="png")
     assert image.bytes == len(requests.get(urls[0], timeout=10).content)
     assert leftovers(tmp_path) == [f"{pid}-0.png"]
 
@@ -78,7 +78,7 @@ def test_download_that_never_completes_leaves_nothing(cometapi_connection, tmp_p
     pid, urls = finished_prediction(sim, output_format="png")
     sim.add_fault("file", "truncate", times=100)
     with pytest.raises(CometAPIError, match=r"download of \S+ (failed|stopped at)"):
-        store_outputs(CometAPIHook(), urls, tmp_path, pid, output_format="png", retry_policy=FAST)
+        store_outputs(CometAPIHook(retry_policy=FAST), urls, tmp_path, pid, output_format="png")
     assert leftovers(tmp_path) == []
 
 
@@ -87,7 +87,7 @@ def test_transient_download_error_is_retried(cometapi_connection, tmp_path, stat
     sim = cometapi_connection
     pid, urls = finished_prediction(sim)
     sim.add_fault("file", "status", status=status, times=1)
-    (image,) = store_outputs(CometAPIHook(), urls, tmp_path, pid, retry_policy=FAST)
+    (image,) = store_outputs(CometAPIHook(retry_policy=FAST), urls, tmp_path, pid)
     assert image.uri.endswith(f"{pid}-0.webp")
 
 
@@ -97,7 +97,7 @@ def test_expired_delivery_url(cometapi_connection, tmp_path, status):
     pid, urls = finished_prediction(sim)
     sim.add_fault("file", "expired", status=status, times=1)
     with pytest.raises(OutputExpiredError) as info:
-        store_outputs(CometAPIHook(), urls, tmp_path, pid, retry_policy=FAST)
+        store_outputs(CometAPIHook(retry_policy=FAST), urls, tmp_path, pid)
     text = str(info.value)
     assert "expired" in text and pid in text and "output_path" in text
     assert leftovers(tmp_path) == []

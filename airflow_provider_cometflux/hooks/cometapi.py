@@ -1,50 +1,48 @@
-"""The CometAPI hook: the only module of this provider that speaks HTTP.
+"""The CometAPI hook: the API (create, get, cancel, wait, download) over the one transport of ``transport.py``.
 
-Sync calls use one ``requests`` session per hook; async calls (for triggers) use one ``aiohttp`` session per
-event loop, shared by every hook on that loop, so a triggerer polling thousands of predictions keeps one
-bounded keep-alive connection pool. ``aiohttp`` is imported on first async use, so DAG parsing never pays for it.
+Together with :mod:`~airflow_provider_cometflux.hooks.transport` it is the only code of this provider that speaks
+HTTP. Sync calls use one ``requests`` session per hook; async calls (for triggers) use one ``aiohttp`` session per
+event loop, shared by every hook on that loop, so a triggerer polling thousands of predictions keeps one bounded
+keep-alive connection pool. ``aiohttp`` is imported on first async use, so DAG parsing never pays for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cometflux._compat import BaseHook
 from airflow_provider_cometflux.exceptions import (
     CometAPIAuthError,
     CometAPIConnectionConfigError,
     CometAPIError,
     CometFluxInputError,
-    OutputExpiredError,
     PredictionMayExistError,
     PredictionTimeoutError,
+)
+from airflow_provider_cometflux.hooks.transport import (
+    USER_AGENT,
+    Download,
+    Sink,
+    async_request,
+    sync_download,
+    sync_request,
 )
 from airflow_provider_cometflux.models import (
     Prediction,
     check_prediction_id,
     note_status,
+    safe_text,
     split_model,
 )
-from airflow_provider_cometflux.retries import (
-    MAX_CONSECUTIVE_POLL_ERRORS,
-    RetryPolicy,
-    is_retryable_status,
-    parse_retry_after,
-    poll_delays,
-)
-
-try:
-    from airflow.sdk import BaseHook
-except ImportError:  # Airflow 3.0
-    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined]
+from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS, RetryPolicy, poll_delays
 
 if TYPE_CHECKING:
     import aiohttp
@@ -54,7 +52,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.cometapi.com"
 API_PREFIX = "/replicate/v1"
-USER_AGENT = "airflow-provider-cometflux"
+#: The largest output copied by default (see ``max_output_bytes``): FLUX images are a few MB at most.
+MAX_OUTPUT_BYTES = 64 * 1024 * 1024
+#: Seconds one output's copy may take by default (see ``download_timeout``).
+DOWNLOAD_TIMEOUT = 300.0
 
 #: How long the connection test may take, retries included.
 TEST_CONNECTION_SECONDS = 15.0
@@ -68,119 +69,6 @@ class _Credentials:
     api_key: str = field(repr=False)
     #: the ceiling the user set on the connection (extra ``requests_per_minute``), if any
     requests_per_minute: float | None = None
-
-
-@dataclass(frozen=True)
-class _Answer:
-    """What one try of a request came to: the parsed body, or an error and whether to try again."""
-
-    data: dict[str, Any] | None = None
-    error: CometAPIError | None = None
-    retryable: bool = False
-    retry_after: float | None = None
-
-
-def _redact(text: str, secret: str | None) -> str:
-    """Blank out the API key wherever a service's message (or a transport error) repeats it."""
-    return text.replace(secret, "***") if secret else text
-
-
-def _service_error(
-    status: int,
-    body: bytes,
-    content_type: str,
-    prediction_id: str | None,
-    retry_after: float | None = None,
-    *,
-    secret: str | None = None,
-) -> _Answer:
-    """Turn an error answer, in either of the service's error shapes (or HTML), into one exception."""
-    message, error_type, error_code = None, None, None
-    try:
-        payload = json.loads(body) if body else None
-    except ValueError:
-        payload = None
-    if isinstance(payload, Mapping):
-        err = payload.get("error")
-        if isinstance(err, Mapping):  # CometAPI: {"error": {"message", "type", "param", "code"}}
-            message = err.get("message")
-            error_type, error_code = err.get("type"), err.get("code")
-            if err.get("param"):
-                message = f"{message} (param: {err.get('param')})"
-        elif isinstance(err, str):
-            message = err
-        elif "title" in payload or "detail" in payload:  # Replicate: problem+json
-            error_type = payload.get("title")
-            message = payload.get("detail") or payload.get("title")
-    if not message:
-        snippet = body[:200].decode("utf-8", "replace").strip()
-        kind = "an HTML page" if "html" in content_type or snippet.lower().startswith("<") else "a non-JSON body"
-        message = f"the service answered {kind}" + (f": {snippet!r}" if snippet and "html" not in kind else "")
-    cls = CometAPIAuthError if status in (401, 403) else CometAPIError
-    error = cls(
-        _redact(str(message), secret),
-        http_status=status,
-        prediction_id=prediction_id,
-        error_type=str(error_type) if error_type else None,
-        error_code=str(error_code) if error_code else None,
-    )
-    return _Answer(error=error, retryable=is_retryable_status(status, error.error_code), retry_after=retry_after)
-
-
-def _read_answer(
-    status: int,
-    headers: Mapping[str, str],
-    body: bytes,
-    *,
-    op: str,
-    prediction_id: str | None,
-    secret: str | None = None,
-) -> _Answer:
-    """Decide what an HTTP answer means for a request of kind ``op`` (``create``, ``get`` or ``cancel``)."""
-    content_type = headers.get("Content-Type", "")
-    if status >= 400:
-        retry_after = parse_retry_after(headers.get("Retry-After"))
-        return _service_error(status, body, content_type, prediction_id, retry_after, secret=secret)
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        return _Answer(data=data)
-    if op == "cancel":  # the service took the cancel; it need not say more
-        return _Answer(data={})
-    snippet = _redact(body[:120].decode("utf-8", "replace"), secret)
-    if op == "create":  # accepted, but we cannot tell which prediction: never resubmit blindly
-        error: CometAPIError = PredictionMayExistError(
-            f"the create answered HTTP {status} with a body that is not a prediction ({snippet!r}); "
-            "a prediction may have been created: check your CometAPI dashboard before retrying",
-            http_status=status,
-        )
-        return _Answer(error=error)
-    error = CometAPIError(
-        f"the service answered HTTP {status} with a body that is not JSON: {snippet!r}",
-        http_status=status,
-        prediction_id=prediction_id,
-    )
-    return _Answer(error=error, retryable=True)
-
-
-def _transport_failure(
-    op: str, exc: BaseException, *, sent: bool, prediction_id: str | None, secret: str | None = None
-) -> _Answer:
-    """
-    A request that got no answer. A create is retried only when it provably never reached the service.
-    """
-    reason = _redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secret)
-    if op == "create" and sent:
-        return _Answer(
-            error=PredictionMayExistError(
-                f"the create request was sent but its answer was lost ({reason}); a prediction may exist and "
-                "was not resubmitted, to avoid paying twice: check your CometAPI dashboard before retrying",
-            )
-        )
-    error = CometAPIError(f"could not reach CometAPI ({reason})", prediction_id=prediction_id)
-    return _Answer(error=error, retryable=True)
 
 
 #: Connections the shared async pool keeps open at most (per event loop).
@@ -429,91 +317,59 @@ class CometAPIHook(BaseHook):
         read_timeout: float | None = None,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """
-        One request, with retries. ``deadline`` (``time.monotonic()`` seconds) bounds every try and every wait.
-        """
-        import requests
-
-        # The key stays inside ``creds`` (whose repr leaves it out): no local of a frame that may end in a
-        # traceback, which some Airflow versions print with its locals, holds it.
-        creds = self.credentials
-        url = self._url(creds.base_url, path)
-        for attempt in range(self.retry_policy.max_retries + 1):
-            connect, read = _bounded(deadline, self.connect_timeout, read_timeout or self.read_timeout)
-            try:
-                resp = self.session.request(method, url, json=body, headers=headers, timeout=(connect, read))
-            except requests.RequestException as exc:
-                sent = _was_sent(exc)
-                answer = _transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=creds.api_key)
-            else:
-                answer = _read_answer(
-                    resp.status_code,
-                    resp.headers,
-                    resp.content,
-                    op=op,
-                    prediction_id=prediction_id,
-                    secret=creds.api_key,
-                )
-            if answer.data is not None:
-                return answer.data
-            time.sleep(self._retry_delay(answer, attempt, deadline))
-        raise AssertionError("unreachable")
-
-    def _retry_delay(self, answer: _Answer, attempt: int, deadline: float | None = None) -> float:
-        """
-        The wait before the next try, or raise the answer's error when it is final, the tries are used up, the
-        service asked for a longer pause than the policy waits, or the wait would pass ``deadline``.
-        """
-        assert answer.error is not None
-        error = answer.error
-        error.transient = answer.retryable
-        policy = self.retry_policy
-        if not answer.retryable or attempt >= policy.max_retries:
-            raise error
-        if not policy.honours(answer.retry_after):
-            log.warning("%s; the service asks to wait %.0fs before trying again: giving up.", error, answer.retry_after)
-            raise error
-        delay = policy.delay(attempt, answer.retry_after)
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            raise error
-        tries = policy.max_retries + 1
-        log.warning("%s; retrying in %.1fs (try %d of %d).", error, delay, attempt + 2, tries)
-        return delay
-
-    # -- async transport -------------------------------------------------------------------------------------
+        """One request from the worker, with retries; ``deadline`` (``time.monotonic()``) bounds all of it."""
+        # The key stays inside ``self.credentials`` (whose repr leaves it out): no local of a frame that may end
+        # in a traceback, which some Airflow versions print with its locals, holds it.
+        return sync_request(
+            self.session,
+            method,
+            self._url(self.credentials.base_url, path),
+            op=op,
+            prediction_id=prediction_id,
+            secret=self.credentials.api_key,
+            policy=self.retry_policy,
+            connect_timeout=self.connect_timeout,
+            read_timeout=read_timeout or self.read_timeout,
+            deadline=deadline,
+            body=body,
+            headers=headers,
+        )
 
     async def _acall(
-        self, method: str, path: str, *, op: str, prediction_id: str | None = None, deadline: float | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        op: str,
+        prediction_id: str | None = None,
+        deadline: float | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
+        on_retry: Callable[[CometAPIError, float], None] | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`_call`: the same answers, retries and ``deadline``, without blocking the event loop."""
-        import aiohttp
-
         creds = await self._aget_credentials()
         shared = _loop_session()
         if not self._using_loop_session:
             shared.users += 1
             self._using_loop_session = True
-        session = shared.session
-        url = self._url(creds.base_url, path)
-        for attempt in range(self.retry_policy.max_retries + 1):
-            connect, read = _bounded(deadline, self.connect_timeout, self.read_timeout)
-            # ``total`` bounds the wait for a free pooled connection too; a slow answer only holds its own request
-            total = None if deadline is None else connect + read
-            timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
-            try:
-                # the headers are built in the call, not kept in a local (see ``_call``)
-                async with session.request(method, url, headers=_auth_headers(creds), timeout=timeout) as resp:
-                    body = await resp.read()
-                    answer = _read_answer(
-                        resp.status, resp.headers, body, op=op, prediction_id=prediction_id, secret=creds.api_key
-                    )
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                sent = not isinstance(exc, aiohttp.ClientConnectorError)
-                answer = _transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=creds.api_key)
-            if answer.data is not None:
-                return answer.data
-            await asyncio.sleep(self._retry_delay(answer, attempt, deadline))
-        raise AssertionError("unreachable")
+        return await async_request(
+            shared.session,
+            method,
+            self._url(creds.base_url, path),
+            op=op,
+            prediction_id=prediction_id,
+            secret_headers=partial(_auth_headers, creds),
+            secret=creds.api_key,
+            policy=self.retry_policy,
+            connect_timeout=self.connect_timeout,
+            read_timeout=read_timeout or self.read_timeout,
+            deadline=deadline,
+            data=data,
+            headers=headers,
+            on_retry=on_retry,
+        )
 
     async def aclose(self) -> None:
         """
@@ -550,6 +406,39 @@ class CometAPIHook(BaseHook):
         :param cancel_after: if set (e.g. ``"5m"``), send ``Cancel-After`` so the service gives up by itself.
         :return: the prediction JSON.
         """
+        path, headers, read_timeout = self._create_request(model, wait, cancel_after)
+        prediction = self._call(
+            "POST", path, op="create", body={"input": dict(input)}, headers=headers, read_timeout=read_timeout
+        )
+        return _created(prediction, model)
+
+    async def acreate_prediction(
+        self,
+        model: str,
+        input: Mapping[str, Any],
+        *,
+        wait: int | None = None,
+        cancel_after: str | None = None,
+        on_retry: Callable[[CometAPIError, float], None] | None = None,
+    ) -> dict[str, Any]:
+        """
+        Async :meth:`create_prediction`: never blocks the event loop, same safety rules, and a total timeout on
+        every try (waiting for a pooled connection included).
+
+        :param on_retry: called with the error and the delay before each retry, e.g. so that a caller pacing
+            many creates can slow down on a 429.
+        """
+        path, headers, read_timeout = self._create_request(model, wait, cancel_after)
+        body = json.dumps({"input": dict(input)}).encode()
+        prediction = await self._acall(
+            "POST", path, op="create", data=body, headers=headers, read_timeout=read_timeout, on_retry=on_retry
+        )
+        return _created(prediction, model)
+
+    def _create_request(
+        self, model: str, wait: int | None, cancel_after: str | None
+    ) -> tuple[str, dict[str, str], float | None]:
+        """The path, headers and read timeout of a create."""
         owner, name = split_model(model)
         headers: dict[str, str] = {"Content-Type": "application/json"}
         read_timeout = None
@@ -559,23 +448,7 @@ class CometAPIHook(BaseHook):
             read_timeout = self.read_timeout + wait
         if cancel_after:
             headers["Cancel-After"] = cancel_after
-        prediction = self._call(
-            "POST",
-            f"/models/{owner}/{name}/predictions",
-            op="create",
-            body={"input": dict(input)},
-            headers=headers,
-            read_timeout=read_timeout,
-        )
-        try:
-            check_prediction_id(prediction.get("id"))
-        except CometFluxInputError:
-            raise PredictionMayExistError(
-                f"the create was accepted but its answer names no usable prediction id ({prediction.get('id')!r}); "
-                "a prediction may exist and was not resubmitted: check your CometAPI dashboard before retrying"
-            ) from None
-        log.info("Created prediction %s (%s), status %s.", prediction.get("id"), model, prediction.get("status"))
-        return prediction
+        return f"/models/{owner}/{name}/predictions", headers, read_timeout
 
     def get_prediction(self, prediction_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """
@@ -585,27 +458,13 @@ class CometAPIHook(BaseHook):
         and a read timeout is retried like any transient failure.
 
         :param prediction_id: the prediction's id.
-        :param timeout: give up (raising the last error, as transient) after this many seconds, retries included.
+        :param timeout: give up (raising the last error, as transient) after this many seconds, retries and the
+            whole answer included.
         """
         pid = check_prediction_id(prediction_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return _same_prediction(
-            pid, self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
-        )
-
-    def cancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
-        """
-        Ask the service to cancel a prediction, best effort.
-
-        :param prediction_id: the prediction's id.
-        :return: the prediction, or ``None`` when the service has no cancel route (404/405, logged) or failed.
-        """
-        pid = check_prediction_id(prediction_id)
-        try:
-            return self._call("POST", f"/predictions/{pid}/cancel", op="cancel", prediction_id=pid)
-        except CometAPIError as exc:
-            _cancel_not_done(pid, exc)
-            return None
+        answer = self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
+        return _same_prediction(pid, answer)
 
     async def aget_prediction(self, prediction_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """
@@ -619,6 +478,22 @@ class CometAPIHook(BaseHook):
         answer = await self._acall("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
         return _same_prediction(pid, answer)
 
+    def cancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
+        """
+        Ask the service to cancel a prediction, best effort.
+
+        :param prediction_id: the prediction's id.
+        :return: the prediction, or ``None`` when the service has no cancel route (404/405, logged) or failed.
+        """
+        pid = check_prediction_id(prediction_id)
+        try:
+            return self._call(
+                "POST", f"/predictions/{pid}/cancel", op="cancel", prediction_id=pid, deadline=_cancel_deadline()
+            )
+        except CometAPIError as exc:
+            _cancel_not_done(pid, exc)
+            return None
+
     async def acancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
         """
         Async :meth:`cancel_prediction`, best effort.
@@ -627,7 +502,9 @@ class CometAPIHook(BaseHook):
         """
         pid = check_prediction_id(prediction_id)
         try:
-            return await self._acall("POST", f"/predictions/{pid}/cancel", op="cancel", prediction_id=pid)
+            return await self._acall(
+                "POST", f"/predictions/{pid}/cancel", op="cancel", prediction_id=pid, deadline=_cancel_deadline()
+            )
         except CometAPIError as exc:
             _cancel_not_done(pid, exc)
             return None
@@ -644,8 +521,8 @@ class CometAPIHook(BaseHook):
         Poll until the prediction is terminal (``succeeded``, ``failed``, ``canceled`` or ``aborted``).
 
         Polls come quickly at first, then every ``poll_interval`` seconds. An unknown status counts as in flight.
-        ``timeout`` bounds the whole wait, slow answers and retries included. Like the trigger, it tolerates
-        ``max_consecutive_errors - 1`` polls in a row failing transiently (each after its own retries).
+        ``timeout`` bounds the whole wait, slow answers (even one arriving a byte at a time) and retries
+        included. It tolerates ``max_consecutive_errors - 1`` polls in a row failing transiently.
 
         :param prediction_id: the prediction's id.
         :param poll_interval: the steady delay between polls, in seconds.
@@ -661,7 +538,7 @@ class CometAPIHook(BaseHook):
         errors = 0
         last_status = "unknown"
         last_error: CometAPIError | None = None
-        while True:
+        while deadline is None or time.monotonic() < deadline:
             try:
                 raw = self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
             except CometAPIError as exc:
@@ -669,7 +546,7 @@ class CometAPIHook(BaseHook):
                     raise
                 errors, last_error = errors + 1, exc
                 if errors >= max_consecutive_errors and (deadline is None or time.monotonic() < deadline):
-                    raise _polls_failed(exc, errors) from None
+                    raise polls_failed(exc, errors) from None
                 log.warning("Polling prediction %s failed (%d in a row): %s", pid, errors, exc)
             else:
                 prediction = Prediction(_same_prediction(pid, raw))
@@ -680,45 +557,45 @@ class CometAPIHook(BaseHook):
                 note_status(prediction)
             delay = next(delays)
             if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining > 0:
-                    time.sleep(min(delay, remaining))
-                if time.monotonic() >= deadline:
-                    raise PredictionTimeoutError(
-                        _gave_up(time.monotonic() - started, timeout, last_status, last_error), prediction_id=pid
-                    )
-            else:
-                time.sleep(delay)
+                delay = max(0.0, min(delay, deadline - time.monotonic()))
+            time.sleep(delay)
+        raise PredictionTimeoutError(
+            gave_up_text(time.monotonic() - started, timeout, last_status, last_error), prediction_id=pid
+        )
 
-    @contextlib.contextmanager
-    def open_output(self, url: str, *, prediction_id: str | None = None) -> Iterator[requests.Response]:
+    def download_output(
+        self,
+        url: str,
+        sink: Sink,
+        *,
+        max_bytes: int = MAX_OUTPUT_BYTES,
+        timeout: float = DOWNLOAD_TIMEOUT,
+        prediction_id: str | None = None,
+    ) -> Download:
         """
-        Open a delivery URL for streaming. The API key is never sent to it: delivery hosts are not CometAPI.
+        Stream one output (a delivery URL) into ``sink``. The API key is never sent: delivery hosts are not CometAPI.
 
         :param url: an http(s) output URL of a prediction.
+        :param sink: receives the bytes: ``sink.begin()`` before each try (a retry starts from nothing), then
+            ``sink.write(chunk)`` for each chunk, in order.
+        :param max_bytes: the largest output accepted (checked against ``Content-Length`` before anything is
+            written, and while streaming).
+        :param timeout: seconds the whole copy may take, retries included (a copy cut short of its
+            ``Content-Length``, a reset or a 5xx is tried again).
         :param prediction_id: for error messages.
         :raises OutputExpiredError: on 403/404/410, which mean the service has already deleted the output.
+        :raises OutputTooLargeError: over ``max_bytes``.
         """
-        import requests
-
-        with requests.get(
-            url, stream=True, timeout=(self.connect_timeout, self.read_timeout), headers={"User-Agent": USER_AGENT}
-        ) as resp:
-            if resp.status_code in (403, 404, 410):
-                raise OutputExpiredError(
-                    f"the delivery URL {url} is gone (expired: the service deletes outputs after about an hour); "
-                    "set output_path so the provider copies images into your own storage as soon as they are ready",
-                    http_status=resp.status_code,
-                    prediction_id=prediction_id,
-                )
-            if resp.status_code >= 400:
-                answer = _service_error(
-                    resp.status_code, resp.content[:1000], resp.headers.get("Content-Type", ""), prediction_id
-                )
-                assert answer.error is not None
-                answer.error.transient = answer.retryable
-                raise answer.error
-            yield resp
+        return sync_download(
+            url,
+            sink,
+            max_bytes=max_bytes,
+            timeout=timeout,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            policy=self.retry_policy,
+            prediction_id=prediction_id,
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """
@@ -741,101 +618,27 @@ class CometAPIHook(BaseHook):
             return False, str(exc)
         return True, f"Connected to {self.credentials.base_url}: the API key was accepted."
 
-    async def acreate_prediction(
-        self,
-        model: str,
-        input: Mapping[str, Any],
-        *,
-        wait: int | None = None,
-        cancel_after: str | None = None,
-        on_retry: Callable[[CometAPIError, float], None] | None = None,
-    ) -> dict[str, Any]:
-        """
-        Async :meth:`create_prediction`, for triggers: never blocks the event loop, same safety rules.
 
-        A create is retried only when the service provably did not create the prediction (connection refused or
-        not established, 429 or another retryable error status); when the answer is lost after sending, it raises
-        :class:`~airflow_provider_cometflux.exceptions.PredictionMayExistError` instead of paying twice.
-
-        :param model: ``owner/name``, e.g. ``black-forest-labs/flux-schnell``.
-        :param input: the model inputs (``prompt`` and the rest).
-        :param wait: if set (1..60), send ``Prefer: wait=N``; harmless when the service ignores it.
-        :param cancel_after: if set (e.g. ``"5m"``), send ``Cancel-After``.
-        :param on_retry: called with the error and the delay before each retry, e.g. so that a caller pacing
-            many creates can slow down on a 429.
-        :return: the prediction JSON.
-        """
-        import aiohttp
-
-        owner, name = split_model(model)
-        read_timeout = self.read_timeout
-        headers: dict[str, str] = {"Content-Type": "application/json"}
-        if wait:
-            wait = max(1, min(MAX_SYNC_WAIT, int(wait)))
-            headers["Prefer"] = f"wait={wait}"
-            read_timeout += wait
-        if cancel_after:
-            headers["Cancel-After"] = cancel_after
-        creds = await self._aget_credentials()
-        shared = _loop_session()
-        if not self._using_loop_session:
-            shared.users += 1
-            self._using_loop_session = True
-        url = self._url(creds.base_url, f"/models/{owner}/{name}/predictions")
-        body = json.dumps({"input": dict(input)}).encode()
-        timeout = aiohttp.ClientTimeout(sock_connect=self.connect_timeout, sock_read=read_timeout)
-        # no local variable holds the key: tracebacks printed with their locals must not show it
-        for attempt in range(self.retry_policy.max_retries + 1):
-            try:
-                async with shared.session.post(
-                    url, data=body, headers={**headers, **_auth_headers(creds)}, timeout=timeout
-                ) as resp:
-                    raw = await resp.read()
-                    answer = _read_answer(
-                        resp.status, resp.headers, raw, op="create", prediction_id=None, secret=creds.api_key
-                    )
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                sent = self._async_create_sent(exc)
-                answer = _transport_failure("create", exc, sent=sent, prediction_id=None, secret=creds.api_key)
-            if answer.data is not None:
-                try:
-                    check_prediction_id(answer.data.get("id"))
-                except CometFluxInputError:
-                    raise PredictionMayExistError(
-                        "the create was accepted but its answer names no usable prediction id "
-                        f"({answer.data.get('id')!r}); a prediction may exist and was not resubmitted: check your "
-                        "CometAPI dashboard before retrying"
-                    ) from None
-                log.debug("Created prediction %s (%s).", answer.data.get("id"), model)
-                return answer.data
-            delay = self._retry_delay(answer, attempt)
-            if on_retry is not None and answer.error is not None:
-                on_retry(answer.error, delay)
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _async_create_sent(exc: BaseException) -> bool:
-        """Whether a failed ``aiohttp`` create may have reached the service (anything but no connection at all)."""
-        import aiohttp
-
-        not_connected: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
-        connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp >= 3.10
-        if connect_timeout is not None:
-            not_connected += (connect_timeout,)
-        return not isinstance(exc, not_connected)
+#: Seconds a best-effort cancel may take, retries included.
+CANCEL_SECONDS = 30.0
 
 
-def _was_sent(exc: BaseException) -> bool:
-    """Whether a failed ``requests`` call may have reached the service (anything but a refused connection)."""
-    import requests
+def _cancel_deadline() -> float:
+    return time.monotonic() + CANCEL_SECONDS
 
-    if isinstance(exc, requests.ConnectTimeout):
-        return False
-    if isinstance(exc, requests.ConnectionError):
-        text = repr(exc.args[0]) if exc.args else ""
-        return not any(s in text for s in ("NewConnectionError", "Connection refused", "NameResolutionError"))
-    return True
+
+def _created(prediction: dict[str, Any], model: str) -> dict[str, Any]:
+    """A create's answer, checked to name a usable prediction id (else it may exist: never resubmitted)."""
+    try:
+        check_prediction_id(prediction.get("id"))
+    except CometFluxInputError:
+        raise PredictionMayExistError(
+            "the create was accepted but its answer names no usable prediction id "
+            f"({safe_text(repr(prediction.get('id')), limit=80)}); a prediction may exist and was not resubmitted: "
+            "check your CometAPI dashboard before retrying"
+        ) from None
+    log.info("Created prediction %s (%s), status %s.", prediction["id"], model, safe_text(prediction.get("status")))
+    return prediction
 
 
 def _cancel_not_done(prediction_id: str, exc: CometAPIError) -> None:
@@ -852,14 +655,6 @@ def _auth_headers(creds: _Credentials) -> dict[str, str]:
     return {"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"}
 
 
-def _bounded(deadline: float | None, connect: float, read: float) -> tuple[float, float]:
-    """The connect and read timeouts of one try, cut to what is left before ``deadline``."""
-    if deadline is None:
-        return connect, read
-    remaining = max(0.05, deadline - time.monotonic())
-    return min(connect, remaining), min(read, remaining)
-
-
 def _same_prediction(prediction_id: str, data: dict[str, Any]) -> dict[str, Any]:
     """
     Check that an answer is the prediction asked for: its id names files and events downstream.
@@ -871,13 +666,13 @@ def _same_prediction(prediction_id: str, data: dict[str, Any]) -> dict[str, Any]
         return {**data, "id": prediction_id}
     if answered != prediction_id:
         raise CometAPIError(
-            f"asked for prediction {prediction_id}, the service answered about {str(answered)[:80]!r}",
+            f"asked for prediction {prediction_id}, the service answered about {safe_text(repr(answered), limit=80)}",
             prediction_id=prediction_id,
         )
     return data
 
 
-def _polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
+def polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
     """The last poll's error, saying how many polls in a row failed."""
     return type(exc)(
         f"{exc.message} ({errors} polls in a row failed)",
@@ -889,10 +684,10 @@ def _polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
     )
 
 
-def _gave_up(waited: float, timeout: float | None, last_status: str, last_error: BaseException | None) -> str:
+def gave_up_text(waited: float, timeout: float | None, last_status: str, last_error: BaseException | None) -> str:
     """The message of a wait that reached its deadline: how long it waited and the last status seen."""
     limit = f" (timeout {timeout:g}s)" if timeout is not None else ""
-    text = f"gave up after {waited:.0f}s{limit}; last status '{last_status}'"
+    text = f"gave up after {waited:.0f}s{limit}; last status '{safe_text(last_status, limit=40)}'"
     if last_error is not None:
         text += f"; the last poll failed: {last_error}"
     return text

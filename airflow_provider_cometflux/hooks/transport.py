@@ -1,0 +1,548 @@
+"""One transport for every request the provider makes: what an answer means, and one retry loop.
+
+The decisions (:func:`read_answer`, :func:`service_error`, :func:`transport_failure`, :class:`Retrier`) are pure;
+:func:`sync_request` / :func:`async_request` and :func:`sync_download` are the faces that do the I/O, with
+``requests`` in the worker and ``aiohttp`` on an event loop. Every face:
+
+* bounds the whole request by its deadline (connecting, waiting for a pooled connection, every byte of the answer),
+  so an answer that trickles in cannot outlast a task's ``timeout``;
+* bounds the size of what it reads;
+* never follows a redirect: an API call stays on the API host and an answer from elsewhere is not believed;
+* keeps the API key out of every message (:func:`redact`) and escapes the service's text (:func:`safe_text`).
+
+See ``docs/architecture.md`` for where this sits in the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_provider_cometflux.exceptions import (
+    CometAPIAuthError,
+    CometAPIError,
+    IncompleteDownloadError,
+    OutputExpiredError,
+    OutputTooLargeError,
+    PredictionMayExistError,
+)
+from airflow_provider_cometflux.models import safe_text
+from airflow_provider_cometflux.retries import RetryPolicy, is_retryable_status, parse_retry_after
+
+if TYPE_CHECKING:
+    import aiohttp
+    import requests
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "airflow-provider-cometflux"
+#: The largest API answer read (a prediction is a few KB; its ``logs`` can grow).
+MAX_API_BODY = 8 * 1024 * 1024
+#: Bytes read at a time.
+CHUNK_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one try of a request came to: the parsed body, or an error and whether to try again."""
+
+    data: dict[str, Any] | None = None
+    error: CometAPIError | None = None
+    retryable: bool = False
+    retry_after: float | None = None
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Blank out the API key wherever a service's message (or a transport error) repeats it."""
+    return text.replace(secret, "***") if secret else text
+
+
+def _clean(text: object, secret: str | None) -> str:
+    return safe_text(redact(str(text), secret))
+
+
+def service_error(
+    status: int,
+    body: bytes,
+    content_type: str,
+    prediction_id: str | None,
+    retry_after: float | None = None,
+    *,
+    secret: str | None = None,
+) -> Answer:
+    """Turn an error answer, in either of the service's error shapes (or HTML), into one exception."""
+    message, error_type, error_code = None, None, None
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+    if isinstance(payload, Mapping):
+        err = payload.get("error")
+        if isinstance(err, Mapping):  # CometAPI: {"error": {"message", "type", "param", "code"}}
+            message = err.get("message")
+            error_type, error_code = err.get("type"), err.get("code")
+            if err.get("param"):
+                message = f"{message} (param: {err.get('param')})"
+        elif isinstance(err, str):
+            message = err
+        elif "title" in payload or "detail" in payload:  # Replicate: problem+json
+            error_type = payload.get("title")
+            message = payload.get("detail") or payload.get("title")
+    if not message:
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        kind = "an HTML page" if "html" in content_type or snippet.lower().startswith("<") else "a non-JSON body"
+        message = f"the service answered {kind}" + (f": {snippet!r}" if snippet and "html" not in kind else "")
+    cls = CometAPIAuthError if status in (401, 403) else CometAPIError
+    retryable = is_retryable_status(status, str(error_code) if error_code else None)
+    error = cls(
+        _clean(message, secret),
+        http_status=status,
+        prediction_id=prediction_id,
+        error_type=_clean(error_type, secret) if error_type else None,
+        error_code=_clean(error_code, secret) if error_code else None,
+        transient=retryable,
+        retry_after=retry_after,
+    )
+    return Answer(error=error, retryable=retryable, retry_after=retry_after)
+
+
+def read_answer(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    op: str,
+    prediction_id: str | None,
+    secret: str | None = None,
+) -> Answer:
+    """Decide what an HTTP answer means for a request of kind ``op`` (``create``, ``get`` or ``cancel``)."""
+    content_type = headers.get("Content-Type", "")
+    if 300 <= status < 400:
+        return _redirected(status, headers.get("Location", ""), op=op, prediction_id=prediction_id, secret=secret)
+    if status >= 400:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        return service_error(status, body, content_type, prediction_id, retry_after, secret=secret)
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        return Answer(data=data)
+    if op == "cancel":  # the service took the cancel; it need not say more
+        return Answer(data={})
+    snippet = _clean(body[:120].decode("utf-8", "replace"), secret)
+    if op == "create":  # accepted, but we cannot tell which prediction: never resubmit blindly
+        return Answer(
+            error=PredictionMayExistError(
+                f"the create answered HTTP {status} with a body that is not a prediction ({snippet!r}); "
+                "a prediction may have been created: check your CometAPI dashboard before retrying",
+                http_status=status,
+            )
+        )
+    error = CometAPIError(
+        f"the service answered HTTP {status} with a body that is not JSON: {snippet!r}",
+        http_status=status,
+        prediction_id=prediction_id,
+        transient=True,
+    )
+    return Answer(error=error, retryable=True)
+
+
+def _redirected(status: int, location: str, *, op: str, prediction_id: str | None, secret: str | None) -> Answer:
+    """An API call answered with a redirect: never followed, never believed."""
+    where = _clean(location[:200], secret) or "nowhere"
+    text = (
+        f"the service redirected the API call (HTTP {status}) to {where}; API calls are not followed off the API "
+        "host. If that address is really CometAPI's, set it as the connection's Base URL"
+    )
+    if op == "create":  # a create that redirects was refused, not performed: nothing was paid for
+        text += " (the create was not performed)"
+    return Answer(error=CometAPIError(text, http_status=status, prediction_id=prediction_id))
+
+
+def transport_failure(
+    op: str, exc: BaseException, *, sent: bool, prediction_id: str | None, secret: str | None = None
+) -> Answer:
+    """A request that got no (whole) answer. A create is retried only when it provably never reached the service."""
+    reason = _clean(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secret)
+    if op == "create" and sent:
+        return Answer(
+            error=PredictionMayExistError(
+                f"the create request was sent but its answer was lost ({reason}); a prediction may exist and "
+                "was not resubmitted, to avoid paying twice: check your CometAPI dashboard before retrying",
+            )
+        )
+    error = CometAPIError(f"could not reach CometAPI ({reason})", prediction_id=prediction_id, transient=True)
+    return Answer(error=error, retryable=True)
+
+
+class BodyTooLarge(Exception):
+    """An answer longer than the limit its reader was given."""
+
+
+class DeadlineReached(Exception):
+    """The deadline of a request passed while its answer was still arriving."""
+
+
+class Retrier:
+    """
+    The one retry decision of every face: how long to wait before the next try, or raise the error.
+
+    :param policy: backoff and limits.
+    :param deadline: ``time.monotonic()`` seconds after which no try starts and no wait ends, or ``None``.
+    """
+
+    def __init__(self, policy: RetryPolicy, deadline: float | None = None) -> None:
+        self.policy = policy
+        self.deadline = deadline
+
+    def delay(self, answer: Answer, attempt: int) -> float:
+        """
+        :return: seconds to wait before try ``attempt + 2``.
+        :raises CometAPIError: the answer's error, when it is final, the tries are used up, the service asked
+            for a longer pause than the policy waits, or the wait would pass the deadline.
+        """
+        error = answer.error
+        if error is None:  # an answer without data always carries its error; be explicit all the same
+            error = CometAPIError("the service gave no usable answer")
+        error.transient = answer.retryable
+        policy = self.policy
+        if not answer.retryable or attempt >= policy.max_retries:
+            raise error
+        if not policy.honours(answer.retry_after):
+            log.warning("%s; the service asks to wait %.0fs before trying again: giving up.", error, answer.retry_after)
+            raise error
+        delay = policy.delay(attempt, answer.retry_after)
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            raise error
+        log.warning("%s; retrying in %.1fs (try %d of %d).", error, delay, attempt + 2, policy.max_retries + 1)
+        return delay
+
+    def timeouts(self, connect: float, read: float) -> tuple[float, float]:
+        """The connect and read timeouts of one try, cut to what is left before the deadline."""
+        if self.deadline is None:
+            return connect, read
+        remaining = max(0.05, self.deadline - time.monotonic())
+        return min(connect, remaining), min(read, remaining)
+
+    def try_deadline(self, connect: float, read: float) -> float:
+        """The ``time.monotonic()`` by which one try must be over: connect and read, within the deadline."""
+        own = time.monotonic() + connect + read
+        return own if self.deadline is None else min(own, self.deadline)
+
+
+# -- sync face (requests) ------------------------------------------------------------------------------------
+
+
+def _was_sent(exc: BaseException) -> bool:
+    """Whether a failed ``requests`` call may have reached the service (anything but a refused connection)."""
+    import requests
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.ConnectionError):
+        text = repr(exc.args[0]) if exc.args else ""
+        return not any(s in text for s in ("NewConnectionError", "Connection refused", "NameResolutionError"))
+    return True
+
+
+def iter_sync_body(resp: requests.Response, *, deadline: float, limit: int) -> Any:
+    """
+    Yield an answer's bytes as they arrive, stopping at ``deadline`` (``time.monotonic()``) or past ``limit`` bytes.
+
+    Each read returns as soon as some bytes are there, so one byte a second cannot hold a read past the deadline.
+
+    :raises DeadlineReached: at the deadline.
+    :raises BodyTooLarge: past ``limit`` bytes.
+    """
+    raw = resp.raw
+    read = getattr(raw, "read1", None) or raw.read
+    size = 0
+    while True:
+        if time.monotonic() >= deadline:
+            raise DeadlineReached()
+        chunk = read(CHUNK_SIZE, decode_content=True)
+        if not chunk:
+            return
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        yield chunk
+
+
+def sync_request(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    op: str,
+    prediction_id: str | None,
+    secret: str,
+    policy: RetryPolicy,
+    connect_timeout: float,
+    read_timeout: float,
+    deadline: float | None = None,
+    body: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """
+    One API request from the worker, with retries; the answer's JSON.
+
+    :param deadline: ``time.monotonic()`` seconds bounding every try and every wait, answers included.
+    """
+    import requests
+    import urllib3
+
+    retrier = Retrier(policy, deadline)
+    attempt = 0
+    while True:
+        connect, read = retrier.timeouts(connect_timeout, read_timeout)
+        try:
+            resp = session.request(
+                method, url, json=body, headers=headers, timeout=(connect, read), stream=True, allow_redirects=False
+            )
+            with resp:
+                chunks = [] if 300 <= resp.status_code < 400 else list(_sync_body(resp, retrier, connect, read))
+                answer = read_answer(
+                    resp.status_code, resp.headers, b"".join(chunks), op=op, prediction_id=prediction_id, secret=secret
+                )
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, DeadlineReached) as exc:
+            sent = isinstance(exc, DeadlineReached) or _was_sent(exc)
+            answer = transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=secret)
+        except BodyTooLarge:
+            answer = _too_large(op, prediction_id)
+        if answer.data is not None:
+            return answer.data
+        time.sleep(retrier.delay(answer, attempt))  # raises once no retry is left
+        attempt += 1
+
+
+def _sync_body(resp: requests.Response, retrier: Retrier, connect: float, read: float) -> Any:
+    try:
+        yield from iter_sync_body(resp, deadline=retrier.try_deadline(connect, read), limit=MAX_API_BODY)
+    except DeadlineReached:
+        raise DeadlineReached(f"the answer was still arriving after {connect + read:.0f}s") from None
+
+
+def _too_large(op: str, prediction_id: str | None) -> Answer:
+    text = f"the service's answer is larger than {MAX_API_BODY} bytes; it is not read"
+    if op == "create":
+        return Answer(error=PredictionMayExistError(text + "; a prediction may exist: check your CometAPI dashboard"))
+    return Answer(error=CometAPIError(text, prediction_id=prediction_id))
+
+
+@dataclass(frozen=True)
+class Download:
+    """What :func:`sync_download` delivered into its sink."""
+
+    content_type: str
+    bytes: int
+
+
+class Sink(Protocol):
+    """Where a download's bytes go; ``begin`` is called before every try, so a retry starts from nothing."""
+
+    def begin(self) -> None: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+
+def sync_download(
+    url: str,
+    sink: Sink,
+    *,
+    max_bytes: int,
+    timeout: float,
+    connect_timeout: float,
+    read_timeout: float,
+    policy: RetryPolicy,
+    prediction_id: str | None,
+) -> Download:
+    """
+    Stream a delivery URL into ``sink``, with retries: no key sent, bounded in size and time.
+
+    A download cut short of its ``Content-Length``, a connection reset and a 5xx are tried again (from the start);
+    an expired URL, an output over the limit and the time limit are final.
+
+    :param max_bytes: the most bytes accepted: a larger ``Content-Length`` is refused before anything is written,
+        and the stream is cut as soon as it passes the limit.
+    :param timeout: seconds the whole download may take, retries included.
+    :raises OutputExpiredError: on 403/404/410 (the service has deleted the output).
+    :raises OutputTooLargeError: past ``max_bytes``.
+    :raises CometAPIError: anything else.
+    """
+    retrier = Retrier(policy, time.monotonic() + timeout)
+    attempt = 0
+    while True:
+        try:
+            return _download_once(url, sink, max_bytes, timeout, retrier, connect_timeout, read_timeout, prediction_id)
+        except CometAPIError as exc:
+            if isinstance(exc, (OutputExpiredError, OutputTooLargeError)):
+                raise
+            delay = retrier.delay(Answer(error=exc, retryable=exc.transient), attempt)
+        time.sleep(delay)
+        attempt += 1
+
+
+def _download_once(
+    url: str,
+    sink: Sink,
+    max_bytes: int,
+    timeout: float,
+    retrier: Retrier,
+    connect_timeout: float,
+    read_timeout: float,
+    prediction_id: str | None,
+) -> Download:
+    import requests
+    import urllib3
+
+    shown = safe_text(url)
+    connect, read = retrier.timeouts(connect_timeout, read_timeout)
+    try:
+        # a delivery host may redirect (to a CDN): followed, and no key is ever sent to one
+        resp = requests.get(url, stream=True, timeout=(connect, read), headers={"User-Agent": USER_AGENT})
+        with resp:
+            if resp.status_code in (403, 404, 410):
+                raise OutputExpiredError(
+                    f"the delivery URL {shown} is gone (expired: the service deletes outputs after about an hour); "
+                    "set output_path so the provider copies images into your own storage as soon as they are ready",
+                    http_status=resp.status_code,
+                    prediction_id=prediction_id,
+                )
+            if resp.status_code >= 300:
+                answer = service_error(
+                    resp.status_code, resp.raw.read(1000), resp.headers.get("Content-Type", ""), prediction_id
+                )
+                raise answer.error or CometAPIError(f"HTTP {resp.status_code}", prediction_id=prediction_id)
+            content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            declared = _content_length(resp.headers)
+            if declared is not None and declared > max_bytes:
+                raise OutputTooLargeError(
+                    f"the output {shown} declares {declared} bytes, over the limit of {max_bytes} bytes "
+                    "(max_output_bytes); nothing was written",
+                    prediction_id=prediction_id,
+                )
+            sink.begin()
+            size = 0
+            for chunk in iter_sync_body(resp, deadline=retrier.deadline or math.inf, limit=max_bytes):
+                size += len(chunk)
+                sink.write(chunk)
+    except BodyTooLarge:
+        raise OutputTooLargeError(
+            f"the output {shown} sent more than {max_bytes} bytes (max_output_bytes); the copy was abandoned",
+            prediction_id=prediction_id,
+        ) from None
+    except DeadlineReached:
+        raise CometAPIError(
+            f"copying {shown} took longer than {timeout:g}s (download_timeout); the copy was abandoned",
+            prediction_id=prediction_id,
+        ) from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise CometAPIError(
+            f"download of {shown} failed: {safe_text(str(exc))}", prediction_id=prediction_id, transient=True
+        ) from exc
+    if declared is not None and size != declared:
+        raise IncompleteDownloadError(
+            f"download of {shown} stopped at {size} of {declared} bytes", prediction_id=prediction_id, transient=True
+        )
+    return Download(content_type, size)
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    try:
+        return int(headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+# -- async face (aiohttp) ------------------------------------------------------------------------------------
+
+
+def _async_sent(exc: BaseException) -> bool:
+    """Whether a failed ``aiohttp`` request may have reached the service (anything but no connection at all)."""
+    import aiohttp
+
+    not_connected: tuple[type[BaseException], ...] = (aiohttp.ClientConnectorError,)
+    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", None)  # aiohttp >= 3.10
+    if connect_timeout is not None:
+        not_connected += (connect_timeout,)
+    return not isinstance(exc, not_connected)
+
+
+async def _read_async_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await resp.content.read(CHUNK_SIZE):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def async_request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    op: str,
+    prediction_id: str | None,
+    secret_headers: Callable[[], dict[str, str]],
+    secret: str,
+    policy: RetryPolicy,
+    connect_timeout: float,
+    read_timeout: float,
+    deadline: float | None = None,
+    data: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    on_retry: Callable[[CometAPIError, float], None] | None = None,
+) -> dict[str, Any]:
+    """
+    Async :func:`sync_request`: the same answers, retries and deadline, without blocking the event loop.
+
+    Every try has a total timeout (waiting for a pooled connection included), so no try is unbounded.
+
+    :param secret_headers: builds the authentication headers in the call itself, so no local variable of a frame
+        that may end in a traceback holds the key.
+    :param on_retry: called with the error and the delay before each retry (a caller pacing many creates slows
+        down on a 429 with it).
+    """
+    import aiohttp
+
+    retrier = Retrier(policy, deadline)
+    attempt = 0
+    while True:
+        connect, read = retrier.timeouts(connect_timeout, read_timeout)
+        timeout = aiohttp.ClientTimeout(total=connect + read, sock_connect=connect, sock_read=read)
+        try:
+            async with session.request(
+                method,
+                url,
+                data=data,
+                headers={**(headers or {}), **secret_headers()},
+                timeout=timeout,
+                allow_redirects=False,
+            ) as resp:
+                body = b"" if 300 <= resp.status < 400 else await _read_async_body(resp, MAX_API_BODY)
+                answer = read_answer(resp.status, resp.headers, body, op=op, prediction_id=prediction_id, secret=secret)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            answer = transport_failure(op, exc, sent=_async_sent(exc), prediction_id=prediction_id, secret=secret)
+        except BodyTooLarge:
+            answer = _too_large(op, prediction_id)
+        if answer.data is not None:
+            return answer.data
+        delay = retrier.delay(answer, attempt)  # raises once no retry is left
+        if on_retry is not None and answer.error is not None:
+            on_retry(answer.error, delay)
+        await asyncio.sleep(delay)
+        attempt += 1
