@@ -1,76 +1,303 @@
-"""What a finished prediction becomes in a task: XComs, durable copies of the images, the return value.
+"""What finished predictions become in a task: durable copies, sidecars, XComs, asset events, the return value.
 
-Shared by the operator and the sensor, whether they waited inline, in poke mode or through the trigger.
+One path for every face: :func:`finish_prediction` turns one event into a :class:`Finished` prediction (or raises);
+:func:`complete_one` (the operator, the sensor) and :func:`complete_batch` (the batch operator) run it and record
+the outcome. Whatever waited (trigger, inline, sensor poke), the same events end here.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cometflux.events import prediction_from_event
-from airflow_provider_cometflux.exceptions import PredictionTimeoutError
+from airflow_provider_cometflux.events import TIMEOUT, raise_for_event
+from airflow_provider_cometflux.exceptions import (
+    CometAPIError,
+    CometFluxBatchFailedError,
+    PredictionTimeoutError,
+)
+from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
+from airflow_provider_cometflux.models import public_input, safe_text
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
 
+log = logging.getLogger(__name__)
+
 #: XCom keys this provider writes besides ``return_value``.
 XCOM_PREDICTION_ID = "prediction_id"
 XCOM_PREDICTION = "prediction"
 XCOM_IMAGES = "images"
+XCOM_PREDICTION_IDS = "prediction_ids"
+XCOM_PREDICTIONS = "predictions"
+XCOM_FAILURES = "failures"
+#: Failures listed in a batch task's error message (all of them are in XCom ``failures``).
+FAILURES_LISTED = 10
 
 
-def complete(
-    context: Context,
-    event: dict[str, Any] | None,
-    *,
-    hook: CometAPIHook,
-    output_path: str | ObjectStoragePath | None = None,
-    output_format: str | None = None,
-) -> list[str]:
+@dataclass(frozen=True)
+class Outputs:
     """
-    Turn a wait's final event into the task's result, or raise.
+    Where and how a task keeps its images.
 
-    On success it pushes XCom ``prediction`` (the final prediction, nothing secret), copies the images when
-    ``output_path`` is set (pushing XCom ``images``), and returns the stored URIs or the delivery URLs.
-    On a timeout it cancels the prediction (best effort) before failing.
-
-    :param context: the task's context.
-    :param event: ``{"status", "prediction_id", "prediction", "message"}``.
-    :param hook: the hook to cancel or download with.
-    :param output_path: where to keep durable copies, if anywhere.
+    :param output_path: the folder for durable copies, or ``None`` to return the delivery URLs.
     :param output_format: the requested ``output_format``, which delivered files must match.
+    :param max_bytes: the largest output copied.
+    :param timeout: seconds one output's copy may take.
+    :param download_concurrency: predictions of a batch copied at once.
     """
-    try:
-        prediction = prediction_from_event(event)
-    except PredictionTimeoutError as exc:
-        if exc.prediction_id:
-            hook.cancel_prediction(exc.prediction_id)
-        raise
-    ti = context["ti"]
-    ti.xcom_push(key=XCOM_PREDICTION, value=prediction.summary())
-    urls = prediction.output_urls
-    if output_path is None or output_path == "":
-        return urls
+
+    output_path: str | ObjectStoragePath | None = None
+    output_format: str | None = None
+    max_bytes: int = MAX_OUTPUT_BYTES
+    timeout: float = DOWNLOAD_TIMEOUT
+    download_concurrency: int = 8
+
+    @property
+    def stored(self) -> bool:
+        return self.output_path is not None and self.output_path != ""
+
+
+@dataclass
+class Finished:
+    """
+    One succeeded prediction, recorded.
+
+    :param record: the XCom ``prediction`` value: the prediction's summary with the request's ``input``.
+    :param uris: the stored URIs, or the delivery URLs without ``output_path``.
+    :param images: the stored images' metadata (XCom ``images``); empty without ``output_path``.
+    :param sidecar: the provenance sidecar's URI, when one was written.
+    """
+
+    record: dict[str, Any]
+    uris: list[str]
+    images: list[dict[str, Any]] = field(default_factory=list)
+    sidecar: str | None = None
+
+    @property
+    def prediction_id(self) -> str:
+        return str(self.record.get("id") or "")
+
+
+def finish_prediction(
+    hook: CometAPIHook, event: Any, outputs: Outputs, request_input: Mapping[str, Any] | None = None
+) -> Finished:
+    """
+    One prediction event to its result: outputs checked, copied and described, or an exception.
+
+    :param hook: the hook that downloads.
+    :param event: the prediction's event.
+    :param outputs: where to keep the images.
+    :param request_input: the input the task sent (kept as :func:`~airflow_provider_cometflux.models.public_input`).
+    :raises PredictionTimeoutError, PredictionFailedError, OutputsRemovedError, CometAPIError: see
+        :func:`~airflow_provider_cometflux.events.raise_for_event` and the storage errors.
+    """
+    prediction = raise_for_event(event)
+    record = dict(event["prediction"])
+    if request_input is not None:
+        record["input"] = public_input(request_input)
+    urls = prediction.require_outputs()
+    folder = outputs.output_path
+    if folder is None or folder == "":
+        return Finished(record, urls)
     from airflow_provider_cometflux.storage import images_metadata, store_outputs
 
-    images = store_outputs(hook, urls, output_path, prediction.id, output_format=output_format)
-    ti.xcom_push(key=XCOM_IMAGES, value=images_metadata(images))
-    uris = [image.uri for image in images]
-    _describe_outlets(context, prediction.id, uris)
-    return uris
+    stored = store_outputs(
+        hook,
+        urls,
+        folder,
+        prediction.id,
+        output_format=outputs.output_format,
+        max_bytes=outputs.max_bytes,
+        timeout=outputs.timeout,
+    )
+    images = images_metadata(stored)
+    finished = Finished(record, [image.uri for image in stored], images)
+    finished.sidecar = _write_sidecar(outputs, finished)
+    return finished
 
 
-def _describe_outlets(context: Context, prediction_id: str, uris: list[str]) -> None:
-    """Put the stored URIs on the events of the task's outlet assets, for DAGs scheduled on them."""
+def _write_sidecar(outputs: Outputs, finished: Finished) -> str | None:
+    """The provenance sidecar ``<output_path>/<prediction_id>.json``, written after the images."""
+    from airflow_provider_cometflux.provenance import sidecar_record, write_sidecar
+
+    return write_sidecar(outputs.output_path, sidecar_record(finished.record, finished.images))  # type: ignore[arg-type]
+
+
+def cancel_timed_out(hook: CometAPIHook, events: Sequence[Any]) -> None:
+    """Cancel (best effort) every prediction whose event says the deadline passed while it still ran."""
+    for event in events:
+        if isinstance(event, dict) and event.get("status") == TIMEOUT and event.get("prediction_id"):
+            hook.cancel_prediction(str(event["prediction_id"]))
+
+
+def complete_one(
+    context: Context, event: Any, *, hook: CometAPIHook, outputs: Outputs, request_input: Mapping[str, Any] | None
+) -> list[str]:
+    """
+    A single prediction's end: push XCom ``prediction`` (and ``images``), describe the outlet asset events, and
+    return the stored URIs or the delivery URLs; or raise (after cancelling a timed-out prediction).
+
+    :param context: the task's context.
+    :param event: the prediction's event.
+    :param hook: the hook to download and cancel with.
+    :param outputs: where to keep the images.
+    :param request_input: the input the task sent, when it sent one (the sensor did not).
+    """
+    try:
+        finished = finish_prediction(hook, event, outputs, request_input)
+    except PredictionTimeoutError:
+        cancel_timed_out(hook, [event])
+        raise
+    ti = context["ti"]
+    ti.xcom_push(key=XCOM_PREDICTION, value=finished.record)
+    if outputs.stored:
+        ti.xcom_push(key=XCOM_IMAGES, value=finished.images)
+        describe_outlets(context, {"images": finished.uris, "prediction_id": finished.prediction_id})
+    log.info("Prediction %s done: %d image(s): %s", finished.prediction_id, len(finished.uris), finished.uris)
+    return finished.uris
+
+
+def complete_batch(
+    context: Context,
+    events: Sequence[Any],
+    *,
+    prompts: Sequence[str],
+    payloads: Sequence[Mapping[str, Any]],
+    prediction_ids: Sequence[str | None],
+    create_errors: Mapping[int, str],
+    hook: CometAPIHook,
+    outputs: Outputs,
+    fail_on_error: bool,
+) -> list[list[str]]:
+    """
+    A batch's end: every prompt's prediction through :func:`finish_prediction` (a few at a time), then XComs
+    ``prediction_ids``, ``predictions``, ``images`` (with ``output_path``), ``failures``, a manifest, the outlet
+    asset events, and the outputs per prompt; with ``fail_on_error`` a failed prompt fails the task (not retried:
+    that would pay for the others again) after all of that is recorded.
+
+    :param events: per prompt, its event (``None`` where it has no prediction).
+    :param prompts: the prompts, in order.
+    :param payloads: each prompt's input as sent.
+    :param prediction_ids: each prompt's prediction id.
+    :param create_errors: why a prompt has no prediction, by position.
+    """
+    cancel_timed_out(hook, events)
+    finished: dict[int, Finished] = {}
+    failures: dict[int, dict[str, Any]] = {}
+
+    def finish(index: int) -> None:
+        try:
+            finished[index] = finish_prediction(hook, events[index], outputs, payloads[index])
+        except CometAPIError as exc:
+            event = events[index] if isinstance(events[index], dict) else {}
+            failures[index] = _failure(index, prompts[index], prediction_ids[index], event.get("status"), exc.message)
+
+    for index, message in create_errors.items():
+        failures[index] = _failure(index, prompts[index], None, "not_created", message)
+    watched = [i for i in range(len(prompts)) if i not in failures]
+    for index in watched:
+        if events[index] is None:
+            failures[index] = _failure(index, prompts[index], prediction_ids[index], "error", "it was not watched")
+    to_finish = [i for i in watched if i not in failures]
+    if outputs.stored and len(to_finish) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(outputs.download_concurrency, thread_name_prefix="cometflux-store") as pool:
+            list(pool.map(finish, to_finish))  # a config error (not a CometAPIError) still raises here
+    else:
+        for index in to_finish:
+            finish(index)
+    results: list[list[str]] = [finished[i].uris if i in finished else [] for i in range(len(prompts))]
+    ti = context["ti"]
+    ti.xcom_push(key=XCOM_PREDICTION_IDS, value=list(prediction_ids))
+    ti.xcom_push(
+        key=XCOM_PREDICTIONS, value=[finished[i].record if i in finished else None for i in range(len(prompts))]
+    )
+    failed = [failures[i] for i in sorted(failures)]
+    ti.xcom_push(key=XCOM_FAILURES, value=failed)
+    if outputs.stored:
+        ti.xcom_push(key=XCOM_IMAGES, value=[finished[i].images if i in finished else [] for i in range(len(prompts))])
+        _write_manifest(outputs, prompts, finished, failures)
+        flat = [uri for uris in results for uri in uris]
+        ids = [finished[i].prediction_id for i in sorted(finished)]
+        describe_outlets(context, {"images": flat, "prediction_ids": ids})
+    log.info(
+        "Batch done: %d of %d prompts succeeded, %d images.",
+        len(finished),
+        len(prompts),
+        sum(len(uris) for uris in results),
+    )
+    if failed:
+        summary = _summary(failed, len(prompts))
+        if fail_on_error:
+            ti.xcom_push(key="return_value", value=results)
+            raise CometFluxBatchFailedError(summary)
+        log.warning("%s", summary)
+    return results
+
+
+def _write_manifest(
+    outputs: Outputs, prompts: Sequence[str], finished: Mapping[int, Finished], failures: Mapping[int, dict[str, Any]]
+) -> None:
+    from airflow_provider_cometflux.provenance import manifest_row, write_manifest
+
+    rows = []
+    for index, prompt in enumerate(prompts):
+        done = finished.get(index)
+        rows.append(
+            manifest_row(
+                index,
+                prompt,
+                record=None if done is None else _sidecar_content(done),
+                failure=failures.get(index),
+                sidecar_uri=None if done is None else done.sidecar,
+            )
+        )
+    write_manifest(outputs.output_path, rows)  # type: ignore[arg-type]
+
+
+def _sidecar_content(done: Finished) -> dict[str, Any]:
+    from airflow_provider_cometflux.provenance import sidecar_record
+
+    return sidecar_record(done.record, done.images)
+
+
+def describe_outlets(context: Context, extra: Mapping[str, Any]) -> None:
+    """Put what the task stored on the events of its outlet assets, for DAGs scheduled on them."""
     task = context.get("task")
     outlets = getattr(task, "outlets", None) or []
     if not outlets:
         return
     from airflow.sdk import Asset
 
-    extra: dict[str, Any] = {"images": list(uris), "prediction_id": prediction_id}
     for outlet in outlets:
         if isinstance(outlet, Asset):
-            context["outlet_events"][outlet].extra.update(extra)
+            context["outlet_events"][outlet].extra.update(dict(extra))
+
+
+def _failure(index: int, prompt: str, prediction_id: str | None, status: Any, message: str) -> dict[str, Any]:
+    return {
+        "index": index,
+        "prompt": prompt,
+        "prediction_id": prediction_id,
+        "status": str(status or "error"),
+        "message": safe_text(message),
+    }
+
+
+def _summary(failures: Sequence[Mapping[str, Any]], total: int) -> str:
+    lines = [
+        f"#{f['index']} {safe_text(f['prompt'][:60])!r} ({f['status']}, prediction {f['prediction_id']}): "
+        f"{f['message']}"
+        for f in failures[:FAILURES_LISTED]
+    ]
+    more = f"\n... and {len(failures) - FAILURES_LISTED} more" if len(failures) > FAILURES_LISTED else ""
+    return (
+        f"{len(failures)} of {total} prompts failed (the others' images are in XCom 'return_value'; "
+        f"every failure is in XCom '{XCOM_FAILURES}'):\n" + "\n".join(lines) + more
+    )

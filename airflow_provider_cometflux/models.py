@@ -187,11 +187,25 @@ class Prediction:
 
     def summary(self) -> dict[str, Any]:
         """
-        The parts worth keeping downstream (XCom ``prediction``): no input images, no logs, nothing secret.
+        The parts worth keeping downstream (XCom ``prediction``, events): no logs, nothing secret, inline input
+        images only as their size and sha256 (:func:`public_input`).
         """
-        keys = ("id", "model", "version", "status", "error", "created_at", "started_at", "completed_at", "metrics")
+        keys = (
+            "id",
+            "model",
+            "version",
+            "status",
+            "error",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "metrics",
+            "data_removed",
+        )
         out = {k: self.raw.get(k) for k in keys if k in self.raw}
         out["output"] = self.raw.get("output")
+        if isinstance(self.raw.get("input"), Mapping):
+            out["input"] = public_input(self.raw["input"])
         web = self.web_url
         if web:
             out["web_url"] = web

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cometflux.completion import complete
-from airflow_provider_cometflux.events import make_event
+from airflow_provider_cometflux._compat import (
+    TRIGGER_ON_KILL,
+    AirflowSensorTimeout,
+    BaseSensorOperator,
+    PokeReturnValue,
+    conf,
+)
+from airflow_provider_cometflux.completion import Outputs, complete_one
+from airflow_provider_cometflux.events import prediction_event
+from airflow_provider_cometflux.exceptions import PredictionTimeoutError
+from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
+from airflow_provider_cometflux.lifecycle import NO_TRIGGER_ON_KILL, check_count, check_seconds, defer_timeout
 from airflow_provider_cometflux.links import CometAPIPredictionLink
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
-from airflow_provider_cometflux.operators.flux import DEFER_GRACE, NO_TRIGGER_ON_KILL, TRIGGER_ON_KILL
-
-try:
-    from airflow.sdk.exceptions import AirflowSensorTimeout
-except ImportError:  # Airflow 3.0-3.1
-    from airflow.exceptions import AirflowSensorTimeout  # type: ignore[no-redef,attr-defined]
-try:
-    from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-except ImportError:  # Airflow 3.0
-    from airflow.configuration import conf  # type: ignore[no-redef,assignment]
-    from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
@@ -35,7 +33,9 @@ class CometFluxPredictionSensor(BaseSensorOperator):
     Waits for a prediction created elsewhere (e.g. by ``CometFluxPredictionOperator(wait_for_completion=False)``)
     and returns the same ``list[str]`` as the operator: stored URIs with ``output_path``, else delivery URLs.
 
-    Fails when the prediction ends ``failed``, ``canceled`` or ``aborted``, with the service's error text.
+    Fails when the prediction ends ``failed``, ``canceled`` or ``aborted``, with the service's error text, and
+    when it succeeded without images (without retries when the service removed them). At ``timeout`` it cancels
+    the prediction (best effort) and raises ``AirflowSensorTimeout`` in every mode (poke, reschedule, deferrable).
 
     :param prediction_id: the prediction to wait for (templated), e.g.
         ``"{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}"``.
@@ -44,6 +44,8 @@ class CometFluxPredictionSensor(BaseSensorOperator):
     :param deferrable: wait in the triggerer. Defaults to ``[operators] default_deferrable``.
     :param poke_interval: seconds between polls (also the trigger's poll interval).
     :param timeout: seconds to wait before failing (the usual sensor ``timeout``); 600 by default.
+    :param max_output_bytes: the largest image copied to ``output_path``.
+    :param download_timeout: seconds the copy of one image may take.
     """
 
     template_fields: Sequence[str] = ("prediction_id", "output_path")
@@ -59,6 +61,8 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float = 2.0,
         timeout: float = 600,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
+        download_timeout: float = DOWNLOAD_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
@@ -66,6 +70,8 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         self.cometapi_conn_id = cometapi_conn_id
         self.output_path = output_path
         self.deferrable = deferrable
+        self.max_output_bytes = check_count("max_output_bytes", max_output_bytes)
+        self.download_timeout = check_seconds("download_timeout", download_timeout)
         self._link_stored = False
         self._last_status = "unknown"
 
@@ -82,10 +88,8 @@ class CometFluxPredictionSensor(BaseSensorOperator):
                 return super().execute(context)
             except AirflowSensorTimeout as exc:  # poke and reschedule modes: the deadline cancels, as elsewhere
                 self.hook.cancel_prediction(self.prediction_id)
-                raise AirflowSensorTimeout(
-                    f"Prediction {self.prediction_id}: gave up after {self.timeout:g}s; last status "
-                    f"'{self._last_status}'; cancelled (best effort)."
-                ) from exc
+                text = f"Prediction {self.prediction_id}: gave up after {self.timeout:g}s; last status"
+                raise AirflowSensorTimeout(f"{text} '{self._last_status}'; cancelled (best effort).") from exc
         first = self.poke(context)  # check once: a finished prediction needs no trip to the triggerer
         if first.is_done:
             return first.xcom_value
@@ -93,15 +97,16 @@ class CometFluxPredictionSensor(BaseSensorOperator):
 
         if not TRIGGER_ON_KILL:
             self.log.info(NO_TRIGGER_ON_KILL, self.prediction_id)
+        end_time = time.time() + self.timeout
         self.defer(
             trigger=CometFluxPredictionTrigger(
                 prediction_id=self.prediction_id,
                 cometapi_conn_id=self.cometapi_conn_id,
                 poll_interval=self.poke_interval,
-                end_time=time.time() + self.timeout,
+                end_time=end_time,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout + DEFER_GRACE),
+            timeout=defer_timeout(end_time),
         )
 
     def poke(self, context: Context) -> PokeReturnValue:
@@ -114,17 +119,27 @@ class CometFluxPredictionSensor(BaseSensorOperator):
             note_status(prediction)
             self.log.info("Prediction %s is %s.", self.prediction_id, prediction.status)
             return PokeReturnValue(is_done=False)
-        event = make_event(prediction.status, self.prediction_id, prediction=prediction)
-        return PokeReturnValue(is_done=True, xcom_value=self._complete(context, event))
+        return PokeReturnValue(is_done=True, xcom_value=self._complete(context, prediction_event(prediction)))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """
-        Finish after a deferred wait: raise on every event but success.
+        Finish after a deferred wait: raise on every event but a success with images.
 
         :param context: the task's context.
-        :param event: ``{"status", "prediction_id", "prediction", "message"}`` from the trigger.
+        :param event: a prediction event from the trigger.
         """
-        return self._complete(context, event)
+        try:
+            return self._complete(context, event)
+        except PredictionTimeoutError as exc:  # the same outcome as in poke and reschedule modes (it was cancelled)
+            raise AirflowSensorTimeout(f"{exc.message}; cancelled (best effort).") from exc
 
     def _complete(self, context: Context, event: dict[str, Any] | None) -> list[str]:
-        return complete(context, event, hook=self.hook, output_path=self.output_path)
+        outputs = Outputs(self.output_path, None, self.max_output_bytes, self.download_timeout)
+        return complete_one(context, event, hook=self.hook, outputs=outputs, request_input=None)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the output folder as a dataset, and the prediction id (see ``lineage.py``)."""
+        from airflow_provider_cometflux.lineage import operator_lineage
+
+        folders = [str(self.output_path)] if self.output_path else []
+        return operator_lineage(model="", prediction_ids=[self.prediction_id], output_folders=folders)

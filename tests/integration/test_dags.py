@@ -108,7 +108,7 @@ def test_a_retried_attempt_reattaches_instead_of_creating_again(dags_test, comet
     cometapi_simulator.add_fault("get", "status", status=404, times=1)  # the first attempt loses track of it
     result = dags_test("it_retry")
     assert result.states == {"generate": "success", "record": "success"}, result.output[-4000:]
-    assert "Reattaching to prediction" in result.output
+    assert "Predictions of an earlier attempt: 1 reconnected" in result.output
     assert cometapi_simulator.stats["creates"] == 1
 
 

@@ -1,0 +1,271 @@
+"""Creating predictions: the only place that spends money, run in the worker, never in a trigger.
+
+:func:`submit` first decides what to do with the predictions an earlier attempt of the task saved (the vocabulary of
+Airflow's ``ResumableJobMixin``: *reconnect* to one still running, keep one *already succeeded*, *submit anew* one
+that ended failed, canceled, aborted, empty or gone), then creates every prompt that has no prediction, spaced at
+``creates_per_minute`` (a 429 pauses every create for its ``Retry-After`` and slows the pace), and reports each new
+id at once so the caller can save it before anything else happens. Should the worker die, a retry of the task
+resumes from the saved ids and creates only the prompts that have none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_cometflux.exceptions import (
+    CometAPIAuthError,
+    CometAPIConnectionConfigError,
+    CometAPIError,
+)
+from airflow_provider_cometflux.models import FAILED_STATUSES, Prediction, check_prediction_id
+
+if TYPE_CHECKING:
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+log = logging.getLogger(__name__)
+
+#: Replicate allows 600 creates per minute.
+DEFAULT_CREATES_PER_MINUTE = 600.0
+#: Creates (or resume reads) open at once.
+CREATE_CONCURRENCY = 8
+
+
+class Pacer:
+    """
+    Spaces calls evenly at ``per_minute``, never lets more than ``per_minute`` start within ``window`` seconds,
+    and holds calls back during a pause (after a 429). One coroutine waits on it at a time.
+
+    :param per_minute: the steady rate.
+    :param window: the length of the service's rate-limit window, in seconds.
+    :param clock: monotonic seconds (default: the running event loop's clock).
+    :param sleep: how to wait (default ``asyncio.sleep``).
+    """
+
+    def __init__(
+        self,
+        per_minute: float,
+        *,
+        window: float = 60.0,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ) -> None:
+        if isinstance(per_minute, bool) or not per_minute > 0:
+            raise ValueError(f"per_minute must be above 0, not {per_minute!r}")
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._sleep = sleep or asyncio.sleep
+        self.base_interval = window / per_minute
+        self.interval = self.base_interval
+        self.window = window
+        self.rate_limited = 0
+        self._next = -math.inf
+        self._paused_until = -math.inf
+        self._last_limited = -math.inf
+        self._starts: deque[float] = deque(maxlen=max(1, int(per_minute)))
+
+    async def wait(self) -> None:
+        """Return when the next call may start."""
+        while True:
+            now = self._clock()
+            slot = max(now, self._next, self._paused_until)
+            if len(self._starts) == self._starts.maxlen:
+                slot = max(slot, self._starts[0] + self.window)  # no more than per_minute in any window
+            if slot <= now:
+                break
+            await self._sleep(slot - now)
+        self._next = max(slot + self.interval, now)
+        self._starts.append(now)
+
+    def answered(self) -> None:
+        """Note a call that went through: a minute without a 429 brings the pace back to its base."""
+        if self.interval > self.base_interval and self._clock() - self._last_limited > self.window:
+            self.interval = self.base_interval
+
+    def limited(self, delay: float) -> None:
+        """
+        Note a 429: pause every call for ``delay`` seconds and, once per pause, slow the pace by a quarter.
+
+        :param delay: how long the service asked to wait (its ``Retry-After``, with jitter).
+        """
+        now = self._clock()
+        self.rate_limited += 1
+        if now >= self._paused_until:
+            self.interval = min(self.interval * 1.25, self.base_interval * 8)
+        self._paused_until = max(self._paused_until, now + delay)
+        self._last_limited = now
+
+
+@dataclass
+class Submitted:
+    """
+    Where the creates left a task. Every list is in prompt order.
+
+    :param ids: each prompt's prediction id (``None`` where none was made).
+    :param read: every prediction as last read (a create's answer, or a resumed one), by position.
+    :param errors: why a prompt has no prediction, by position.
+    :param creates: how many creates were sent.
+    :param rate_limited: how many 429s the creates met.
+    """
+
+    ids: list[str | None]
+    read: dict[int, Prediction] = field(default_factory=dict)
+    errors: dict[int, CometAPIError] = field(default_factory=dict)
+    creates: int = 0
+    rate_limited: int = 0
+
+    @property
+    def known(self) -> dict[int, Prediction]:
+        """The predictions already read in a terminal status (a resumed success, a create answered finished)."""
+        return {i: p for i, p in self.read.items() if p.is_terminal}
+
+
+async def submit(
+    hook: CometAPIHook,
+    model: str,
+    payloads: Sequence[Mapping[str, Any]],
+    *,
+    saved: Sequence[str | None] | None = None,
+    creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE,
+    prefer_wait: int | None = None,
+    deadline: float | None = None,
+    on_created: Callable[[list[str | None]], None] | None = None,
+) -> Submitted:
+    """
+    Resume what an earlier attempt saved, then create every prompt that has no prediction.
+
+    :param hook: the hook to create with (the caller closes its async session).
+    :param model: the model id.
+    :param payloads: each prompt's full model input, validated.
+    :param saved: the ids an earlier attempt of the task saved, in prompt order.
+    :param creates_per_minute: the create pace.
+    :param prefer_wait: ``Prefer: wait=N`` on each create (1..60), if set.
+    :param deadline: epoch seconds after which no create starts; the prompts left get an error.
+    :param on_created: called with the ids so far after each new prediction (before any other create is
+        answered), so the caller can save them.
+    :raises CometAPIConnectionConfigError: the connection is unusable (nothing more is created).
+    :raises CometAPIAuthError: the key was refused (nothing more is created).
+    """
+    result = Submitted(ids=[None] * len(payloads))
+    if saved is not None and len(saved) == len(payloads):
+        await _resume(hook, saved, result)
+    todo = deque(i for i in range(len(payloads)) if result.ids[i] is None and i not in result.errors)
+    pacer = Pacer(creates_per_minute)
+    limit = asyncio.Semaphore(CREATE_CONCURRENCY)
+    fatal: list[BaseException] = []
+
+    def retried(error: CometAPIError, delay: float) -> None:
+        if error.http_status == 429:
+            pacer.limited(delay)
+            log.warning("The service limits the create rate (429); pausing creates for %.1fs.", delay)
+
+    async def create(index: int) -> None:
+        try:
+            result.creates += 1
+            raw = await hook.acreate_prediction(model, payloads[index], wait=prefer_wait, on_retry=retried)
+            prediction = Prediction(raw)
+            pid = check_prediction_id(prediction.id)
+        except (CometAPIAuthError, CometAPIConnectionConfigError) as exc:
+            fatal.append(exc)
+            result.errors[index] = _as_api_error(exc)
+        except CometAPIError as exc:
+            result.errors[index] = exc
+        else:
+            pacer.answered()
+            result.ids[index] = pid
+            result.read[index] = prediction
+            if on_created is not None:
+                on_created(list(result.ids))
+        finally:
+            limit.release()
+
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while todo and not fatal:
+            if deadline is not None and time.time() >= deadline:
+                break
+            await pacer.wait()
+            await limit.acquire()
+            if fatal:  # a create answered meanwhile that the key or connection is unusable
+                limit.release()
+                break
+            task = asyncio.ensure_future(create(todo.popleft()))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:
+        # cancelled (the task is being killed): let creates already sent answer, so none goes unrecorded
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=30)
+    result.rate_limited = pacer.rate_limited
+    for index in todo:
+        if index not in result.errors:
+            result.errors[index] = CometAPIError(
+                f"prompt {index} was not submitted: "
+                + ("the key or connection is unusable" if fatal else "the task's timeout passed first")
+            )
+    if fatal:
+        raise fatal[0]
+    return result
+
+
+async def _resume(hook: CometAPIHook, saved: Sequence[str | None], result: Submitted) -> None:
+    """Read each saved prediction once and decide: reconnect, already succeeded, or submit anew."""
+    limit = asyncio.Semaphore(CREATE_CONCURRENCY)
+    decisions = {"reconnect": 0, "already_succeeded": 0, "submit_anew": 0}
+
+    async def decide(index: int, pid: str) -> None:
+        async with limit:
+            try:
+                prediction = Prediction(await hook.aget_prediction(pid, timeout=60))
+            except (CometAPIAuthError, CometAPIConnectionConfigError):
+                raise
+            except CometAPIError as exc:
+                if exc.http_status != 404 and exc.transient:
+                    result.ids[index] = pid  # unknown for now: watch it rather than pay again
+                    decisions["reconnect"] += 1
+                    return
+                log.warning("Prediction %s of an earlier attempt cannot be read (%s); creating anew.", pid, exc)
+                decisions["submit_anew"] += 1
+                return
+        if prediction.status in FAILED_STATUSES or (prediction.succeeded and not _has_outputs(prediction)):
+            log.info(
+                "Prediction %s of an earlier attempt ended %s%s; creating anew.",
+                pid,
+                prediction.status,
+                "" if prediction.status in FAILED_STATUSES else " without outputs",
+            )
+            decisions["submit_anew"] += 1
+            return
+        result.ids[index] = pid
+        result.read[index] = prediction
+        if prediction.is_terminal:
+            decisions["already_succeeded"] += 1
+        else:
+            decisions["reconnect"] += 1
+
+    await asyncio.gather(*(decide(i, pid) for i, pid in enumerate(saved) if isinstance(pid, str) and pid))
+    if any(decisions.values()):
+        log.info(
+            "Predictions of an earlier attempt: %d reconnected, %d already succeeded, %d to submit anew.",
+            decisions["reconnect"],
+            decisions["already_succeeded"],
+            decisions["submit_anew"],
+        )
+
+
+def _has_outputs(prediction: Prediction) -> bool:
+    try:
+        return bool(prediction.output_urls)
+    except ValueError:
+        return False
+
+
+def _as_api_error(exc: BaseException) -> CometAPIError:
+    return exc if isinstance(exc, CometAPIError) else CometAPIError(str(exc))
