@@ -168,10 +168,12 @@ def test_asset_example_records_an_asset_event_with_the_images(dags_test, tmp_pat
     assert local(uri).read_bytes()[:4] == b"RIFF" and extra["prediction_id"] in uri
 
 
-@pytest.mark.parametrize("mode", ["poke", "reschedule"])
+@pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
 def test_sensor_timeout_cancels_the_prediction(dags_test, cometapi_simulator, mode):
+    """The same outcome in every mode: cancelled, AirflowSensorTimeout, no retry (retries=1 is set)."""
     result = dags_test(f"it_sensor_timeout_{mode}")
     assert result.states == {"submit": "success", "wait": "failed"}
+    assert "up_for_retry" not in result.output.lower() and "AirflowSensorTimeout" in result.output
     if mode == "reschedule" and AIRFLOW_VERSION.release[:2] < (3, 3):
         pytest.skip("before Airflow 3.3 a rescheduled sensor's timeout is raised outside its execute: no cancel")
     (prediction,) = cometapi_simulator.predictions.values()

@@ -25,7 +25,7 @@ def record(ti=None, dag_run=None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     seen = {
         key: ti.xcom_pull(task_ids="generate", key=key)
-        for key in ("return_value", "prediction_ids", "failures", "images")
+        for key in ("return_value", "prediction_ids", "predictions", "failures", "images")
     }
     (RESULTS / f"{dag_run.dag_id}.json").write_text(json.dumps(seen))
 

@@ -160,13 +160,16 @@ for path in ("deferred", "inline"):
         generate >> verify_stored("generate")
 
 
-for mode in ("poke", "reschedule"):
+for mode in ("poke", "reschedule", "deferrable"):
     with _dag(f"it_sensor_timeout_{mode}"):
         submit = CometFluxPredictionOperator(task_id="submit", prompt="a cat [sim:stuck]", wait_for_completion=False)
         submit >> CometFluxPredictionSensor(
             task_id="wait",
             prediction_id="{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}",
-            mode=mode,
+            mode="poke" if mode == "deferrable" else mode,
+            deferrable=mode == "deferrable",
             poke_interval=0.5,
             timeout=2,
+            retries=1,  # a sensor's timeout is final in every mode: never retried
+            retry_delay=timedelta(seconds=0),
         )

@@ -1,0 +1,160 @@
+"""Creating predictions in the worker: pacing, resume decisions, and never paying twice."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import pytest
+
+from airflow_provider_cometflux.exceptions import CometAPIAuthError, PredictionMayExistError
+from airflow_provider_cometflux.hooks.cometapi import CometAPIHook, close_async_session
+from airflow_provider_cometflux.retries import RetryPolicy
+from airflow_provider_cometflux.submission import Pacer, submit
+
+SCHNELL = "black-forest-labs/flux-schnell"
+FAST = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01)
+
+
+@pytest.fixture(autouse=True)
+async def _close_shared_session():
+    yield
+    await close_async_session()
+
+
+class FakeClock:
+    """A clock that only moves when something sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def payloads(*prompts: str) -> list[dict]:
+    return [{"prompt": p} for p in prompts]
+
+
+async def test_pacer_spaces_calls_evenly():
+    clock = FakeClock()
+    pacer = Pacer(600, clock=clock.time, sleep=clock.sleep)
+    starts = []
+    for _ in range(5):
+        await pacer.wait()
+        starts.append(clock.now)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [0.1] * 4
+
+
+async def test_pacer_never_starts_more_than_the_limit_within_a_window():
+    clock = FakeClock()
+    pacer = Pacer(6, clock=clock.time, sleep=clock.sleep)  # one per 10 s, six per minute
+    starts = []
+    for _ in range(8):
+        await pacer.wait()
+        pacer.answered()
+        starts.append(clock.now)
+    for i in range(len(starts) - 6):
+        assert starts[i + 6] - starts[i] >= 60
+
+
+async def test_pacer_pauses_and_slows_on_429_then_recovers():
+    clock = FakeClock()
+    pacer = Pacer(600, clock=clock.time, sleep=clock.sleep)
+    await pacer.wait()
+    pacer.limited(2.0)
+    pacer.limited(2.0)  # the same pause: slows once
+    before = clock.now
+    await pacer.wait()
+    assert clock.now - before >= 2.0
+    assert pacer.interval == pytest.approx(0.125) and pacer.rate_limited == 2
+    clock.now += 61
+    pacer.answered()
+    assert pacer.interval == pytest.approx(0.1)
+
+
+def test_pacer_refuses_a_rate_of_zero():
+    with pytest.raises(ValueError):
+        Pacer(0)
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_every_prompt_is_created_once_in_order_and_reported_as_it_comes(cometapi_connection):
+    sim = cometapi_connection
+    seen: list[list] = []
+    result = await submit(CometAPIHook(), SCHNELL, payloads("a", "b", "c"), on_created=seen.append)
+    assert all(result.ids) and len(set(result.ids)) == 3 and result.errors == {}
+    assert [r["prompt"] for r in sim.create_requests] == ["a", "b", "c"]
+    assert seen[-1] == result.ids and len(seen) == 3  # every new id reported at once, to be saved
+    assert sim.stats["created"] == 3
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1, rate_limit_per_minute=3, rate_limit_window=1.0)
+async def test_429_pauses_creates_and_nothing_is_created_twice(cometapi_connection):
+    sim = cometapi_connection
+    result = await submit(CometAPIHook(), SCHNELL, payloads(*(f"kite {i}" for i in range(6))), creates_per_minute=6000)
+    assert all(result.ids) and result.rate_limited >= 1 and sim.stats["rate_limited"] >= 1
+    assert sim.stats["created"] == 6
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_a_create_whose_answer_is_lost_is_reported_never_resent(cometapi_connection):
+    sim = cometapi_connection
+    sim.add_fault("create", "drop_after_create", times=1)
+    result = await submit(CometAPIHook(), SCHNELL, payloads("first", "second", "third"))
+    assert result.ids[0] is None and isinstance(result.errors[0], PredictionMayExistError)
+    assert "may exist" in result.errors[0].message and all(result.ids[1:])
+    assert sim.stats["creates"] == 3  # the lost one was not sent again
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_a_refused_create_fails_its_prompt_only(cometapi_connection):
+    cometapi_connection.add_fault("create", "status", status=422, message="input.seed: bad", times=1)
+    result = await submit(CometAPIHook(retry_policy=FAST), SCHNELL, payloads("a", "b"))
+    assert result.ids[0] is None and "input.seed: bad" in result.errors[0].message and result.ids[1]
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1, api_key="the-right-key")
+async def test_a_refused_key_stops_creating_at_once(cometapi_simulator, monkeypatch):
+    sim = cometapi_simulator
+    conn = {"conn_type": "cometapi", "host": sim.base_url, "password": "a-wrong-key"}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    with pytest.raises(CometAPIAuthError):
+        await submit(CometAPIHook(), SCHNELL, payloads(*(f"kite {i}" for i in range(5))), creates_per_minute=60)
+    assert sim.stats["created"] == 0 and sim.stats["creates"] == 1
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.3)
+async def test_creating_stops_at_the_deadline(cometapi_connection):
+    result = await submit(
+        CometAPIHook(), SCHNELL, payloads(*(f"kite {i}" for i in range(30))), deadline=time.time() + 0.3
+    )
+    made = [pid for pid in result.ids if pid]
+    assert 0 < len(made) < 30 and len(result.errors) == 30 - len(made)
+    assert "timeout passed first" in next(iter(result.errors.values())).message
+    assert cometapi_connection.stats["created"] == len(made)
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_resume_reconnects_keeps_successes_and_submits_failures_anew(cometapi_connection):
+    sim = cometapi_connection
+    earlier = await submit(CometAPIHook(), SCHNELL, payloads("kept", "lost [sim:failed]", "running [sim:stuck]"))
+    sim.finish([earlier.ids[0], earlier.ids[1]])
+    created = sim.stats["created"]
+    retry = await submit(
+        CometAPIHook(), SCHNELL, payloads("kept", "lost [sim:failed]", "running [sim:stuck]"), saved=earlier.ids
+    )
+    assert retry.ids[0] == earlier.ids[0] and retry.ids[2] == earlier.ids[2]  # succeeded, still running
+    assert retry.ids[1] != earlier.ids[1]  # ended failed: created anew
+    assert sim.stats["created"] == created + 1
+    assert set(retry.known) == {0}
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_resume_submits_anew_a_prediction_that_is_gone(cometapi_connection):
+    result = await submit(CometAPIHook(), SCHNELL, payloads("a"), saved=["doesnotexist"])
+    assert result.ids[0] not in (None, "doesnotexist") and cometapi_connection.stats["created"] == 1
