@@ -22,11 +22,9 @@ def api_connection(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> RetryPolicy:
-    """Retries without real waiting, so retry tests stay fast."""
-    policy = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01)
-    monkeypatch.setattr("airflow_provider_cometflux.hooks.cometapi.RetryPolicy", lambda: policy)
-    return policy
+def fast_retries() -> RetryPolicy:
+    """A retry policy without real waiting, to give a hook (``CometAPIHook(retry_policy=...)``) in retry tests."""
+    return RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01)
 
 
 def prediction_json(pid: str = "p1abc", status: str = "starting", output: object = None, **extra: object) -> dict:

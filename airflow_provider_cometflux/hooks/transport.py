@@ -523,7 +523,8 @@ async def async_request(
     attempt = 0
     while True:
         connect, read = retrier.timeouts(connect_timeout, read_timeout)
-        timeout = aiohttp.ClientTimeout(total=connect + read, sock_connect=connect, sock_read=read)
+        # ``connect`` bounds the wait for a pooled connection too (a timeout there is "not sent": safe to retry)
+        timeout = aiohttp.ClientTimeout(total=connect + read, connect=connect, sock_connect=connect, sock_read=read)
         try:
             async with session.request(
                 method,

@@ -25,7 +25,7 @@ CANCEL = f"{GET}/cancel"
 
 @pytest.fixture
 def hook(api_connection: str, fast_retries) -> CometAPIHook:
-    return CometAPIHook()
+    return CometAPIHook(retry_policy=fast_retries)
 
 
 def test_create_sends_input_and_bearer(hook, requests_mock):

@@ -93,7 +93,7 @@ async def test_unknown_prediction_is_an_error_event_at_once(cometapi_connection)
     assert event["status"] == "error" and "404" in event["message"]
 
 
-async def test_transient_errors_are_tolerated(cometapi_connection, fast_retries):
+async def test_transient_errors_are_tolerated(cometapi_connection):
     sim = cometapi_connection
     pid = create(sim, "a cat")
     sim.add_fault("get", "status", status=503, times=2)
@@ -102,7 +102,7 @@ async def test_transient_errors_are_tolerated(cometapi_connection, fast_retries)
     assert event["status"] == "succeeded"
 
 
-async def test_a_run_of_errors_ends_in_an_error_event(cometapi_connection, fast_retries):
+async def test_a_run_of_errors_ends_in_an_error_event(cometapi_connection):
     sim = cometapi_connection
     pid = create(sim, "a cat")
     sim.add_fault("get", "status", status=503, times=1000)
