@@ -229,7 +229,6 @@ class PredictionJob:
                 self.hook.cancel_prediction(pid)
 
 
-
 def pending(job: PredictionJob, events: Sequence[dict[str, Any] | None]) -> bool:
     """Whether a prediction of the job has no event yet."""
     ids = job.submitted.ids if job.submitted is not None else []
