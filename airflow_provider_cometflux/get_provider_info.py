@@ -8,6 +8,8 @@ from airflow_provider_cometflux import __version__
 
 #: The service's address, shown as the "Base URL" placeholder (the hook's default).
 DEFAULT_BASE_URL = "https://api.cometapi.com"
+#: The connection extra holding the optional request ceiling.
+REQUESTS_PER_MINUTE = "requests_per_minute"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -66,8 +68,15 @@ def get_provider_info() -> dict[str, Any]:
                     "relabeling": {"password": "API key", "host": "Base URL"},
                     "placeholders": {"host": DEFAULT_BASE_URL, "password": "sk-..."},
                 },
-                # The key and the base URL live in standard fields: no fields in ``extra``.
-                "conn-fields": {},
+                # The key and the base URL live in standard fields; ``extra`` holds only the optional ceiling.
+                "conn-fields": {
+                    REQUESTS_PER_MINUTE: {
+                        "label": "Requests per minute",
+                        "description": "Optional: the most requests per minute this account may make (polls of "
+                        "every trigger on one triggerer share it). Leave empty to adapt to the service's 429s.",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    }
+                },
             }
         ],
         "extra-links": ["airflow_provider_cometflux.links.CometAPIPredictionLink"],

@@ -27,6 +27,7 @@ from airflow_provider_cometflux.exceptions import (
     PredictionMayExistError,
     PredictionTimeoutError,
 )
+from airflow_provider_cometflux.get_provider_info import REQUESTS_PER_MINUTE
 from airflow_provider_cometflux.hooks.transport import (
     USER_AGENT,
     Download,
@@ -163,6 +164,18 @@ class CometAPIHook(BaseHook):
     # -- connection form -------------------------------------------------------------------------------------
 
     @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The optional request ceiling, for Airflow 3.0-3.1 (3.2+ read ``conn-fields`` from the provider info)."""
+        from wtforms import IntegerField
+        from wtforms.validators import NumberRange, Optional
+
+        return {
+            REQUESTS_PER_MINUTE: IntegerField(
+                "Requests per minute", validators=[Optional(), NumberRange(min=1)], description="Optional ceiling"
+            )
+        }
+
+    @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Labels and hidden fields for the connection form."""
         return {
@@ -199,7 +212,9 @@ class CometAPIHook(BaseHook):
             extra = conn.extra_dejson or {}
         except Exception:
             extra = {}
-        value = extra.get("requests_per_minute") if isinstance(extra, Mapping) else None
+        value = None
+        if isinstance(extra, Mapping):  # the form stores it plain (3.2+) or prefixed (older forms)
+            value = extra.get(REQUESTS_PER_MINUTE, extra.get(f"extra__{self.conn_type}__{REQUESTS_PER_MINUTE}"))
         if value in (None, ""):
             return None
         try:

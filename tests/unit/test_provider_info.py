@@ -111,4 +111,7 @@ def test_connection_form_as_the_ui_receives_it():
     )
     for hidden in (fields.login, fields.port, fields.url_schema):
         assert hidden is not None and hidden.hidden
-    assert not meta.extra_fields
+    extra = meta.extra_fields or {}
+    (name,) = extra  # the one extra field: the optional request ceiling
+    assert name.endswith("requests_per_minute")
+    assert "Requests per minute" in json.dumps(extra[name])

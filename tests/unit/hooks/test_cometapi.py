@@ -298,3 +298,27 @@ async def test_a_failed_lookup_is_not_kept(monkeypatch, lookups):
     _conn_env(monkeypatch, "sk-late")
     assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-late"
     assert lookups == ["shared", "shared"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, None),
+        ({"requests_per_minute": 600}, 600.0),
+        ({"requests_per_minute": "120"}, 120.0),
+        ({"extra__cometapi__requests_per_minute": 90}, 90.0),
+        ({"requests_per_minute": ""}, None),
+    ],
+)
+def test_the_request_ceiling_comes_from_the_connection(monkeypatch, extra, expected):
+    conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    assert CometAPIHook().requests_per_minute == expected
+
+
+@pytest.mark.parametrize("bad", [0, -5, "fast", "nan"])
+def test_a_bad_request_ceiling_is_a_clear_connection_error(monkeypatch, bad):
+    conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": {"requests_per_minute": bad}}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    with pytest.raises(CometAPIConnectionConfigError, match=f"requests_per_minute {bad!r} is not allowed"):
+        CometAPIHook().requests_per_minute
