@@ -321,4 +321,4 @@ def test_a_bad_request_ceiling_is_a_clear_connection_error(monkeypatch, bad):
     conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": {"requests_per_minute": bad}}
     monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
     with pytest.raises(CometAPIConnectionConfigError, match=f"requests_per_minute {bad!r} is not allowed"):
-        CometAPIHook().requests_per_minute
+        assert CometAPIHook().requests_per_minute is None
