@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import BaseOperator, conf
-from airflow_provider_cometflux.completion import XCOM_PREDICTION_IDS, Outputs, complete_batch
+from airflow_provider_cometflux.completion import XCOM_PREDICTION_IDS, complete_batch
 from airflow_provider_cometflux.events import batch_results
+from airflow_provider_cometflux.face import CometFluxFace
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.lifecycle import (
     DEFAULT_DEFER_AFTER,
@@ -27,15 +27,13 @@ from airflow_provider_cometflux.submission import DEFAULT_CREATES_PER_MINUTE
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-
 #: The task state store key holding the batch's prediction ids across attempts (Airflow 3.3+).
 STATE_KEY = "cometflux_batch"
 #: Internal XCom: why a prompt has no prediction, kept across the deferral (``{"<index>": "<message>"}``).
 XCOM_CREATE_ERRORS = "_cometflux_create_errors"
 
 
-class CometFluxBatchOperator(BaseOperator):
+class CometFluxBatchOperator(CometFluxFace, BaseOperator):
     """
     Generates images for many prompts in one task and returns them per prompt, in prompt order.
 
@@ -120,16 +118,8 @@ class CometFluxBatchOperator(BaseOperator):
         self.fail_on_error = fail_on_error
         self.defer_after = check_seconds("defer_after", defer_after, zero=True)
         self.download_concurrency = check_count("download_concurrency", download_concurrency)
-        self.max_output_bytes = check_count("max_output_bytes", max_output_bytes)
-        self.download_timeout = check_seconds("download_timeout", download_timeout)
+        self._set_outputs(max_output_bytes, download_timeout)
         self._job: PredictionJob | None = None
-        self._lineage_ids: list[str] = []
-
-    @cached_property
-    def hook(self) -> CometAPIHook:
-        from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-
-        return CometAPIHook(self.cometapi_conn_id)
 
     # -- input -----------------------------------------------------------------------------------------------
 
@@ -166,12 +156,6 @@ class CometFluxBatchOperator(BaseOperator):
                 raise CometFluxInputError(f"prompts[{index}]: {exc}") from None
             payloads.append(payload)
         return payloads
-
-    def _outputs(self) -> Outputs:
-        output_format = self.input.get("output_format") if isinstance(self.input, Mapping) else None
-        return Outputs(
-            self.output_path, output_format, self.max_output_bytes, self.download_timeout, self.download_concurrency
-        )
 
     # -- the run ---------------------------------------------------------------------------------------------
 
@@ -265,19 +249,3 @@ class CometFluxBatchOperator(BaseOperator):
         ids = [pid for i, pid in enumerate(job.submitted.ids) if pid and i not in job.submitted.known]
         self.log.info("Task killed: cancelling %d predictions.", len(ids))
         job.cancel(ids)
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage: the output folder as one dataset, and the prediction ids (see ``lineage.py``)."""
-        return self._lineage(failed=False)
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        """OpenLineage on failure: the prediction ids that were made."""
-        return self._lineage(failed=True)
-
-    def _lineage(self, *, failed: bool) -> Any:
-        from airflow_provider_cometflux.lineage import operator_lineage
-
-        folders = [str(self.output_path)] if self.output_path else []
-        return operator_lineage(
-            model=self.model, prediction_ids=self._lineage_ids, output_folders=folders, failed=failed
-        )

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import TRIGGER_ON_KILL, BaseOperator, conf
-from airflow_provider_cometflux.completion import XCOM_PREDICTION_ID, Outputs, complete_one
+from airflow_provider_cometflux.completion import XCOM_PREDICTION_ID, complete_one
+from airflow_provider_cometflux.face import CometFluxFace
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.lifecycle import (
     DEFAULT_DEFER_AFTER,
@@ -26,15 +26,13 @@ from airflow_provider_cometflux.models import DEFAULT_MODEL, IMAGE_INPUTS, build
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-
 #: Largest file sent inline as a data URI for an image input (see ``max_input_image_bytes``).
 MAX_INPUT_IMAGE_BYTES = 10 * 1024 * 1024
 #: The task state store key holding this task's prediction across attempts (Airflow 3.3+).
 STATE_KEY = "cometflux_prediction"
 
 
-class CometFluxPredictionOperator(BaseOperator):
+class CometFluxPredictionOperator(CometFluxFace, BaseOperator):
     """
     Generates images with a FLUX model through CometAPI and returns their URLs (or durable copies).
 
@@ -114,16 +112,8 @@ class CometFluxPredictionOperator(BaseOperator):
         self.prefer_wait = None if prefer_wait is None else check_count("prefer_wait", prefer_wait, high=60)
         self.defer_after = check_seconds("defer_after", defer_after, zero=True)
         self.max_input_image_bytes = check_count("max_input_image_bytes", max_input_image_bytes)
-        self.max_output_bytes = check_count("max_output_bytes", max_output_bytes)
-        self.download_timeout = check_seconds("download_timeout", download_timeout)
+        self._set_outputs(max_output_bytes, download_timeout)
         self._prediction_id: str | None = None
-        self._lineage_ids: list[str] = []
-
-    @cached_property
-    def hook(self) -> CometAPIHook:
-        from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-
-        return CometAPIHook(self.cometapi_conn_id)
 
     def _request_input(self) -> dict[str, Any]:
         """The rendered input as given (``prompt`` merged in), before inline images are read."""
@@ -145,10 +135,6 @@ class CometFluxPredictionOperator(BaseOperator):
         payload = build_input(self.prompt, model_input)
         validate_input(self.model, payload)
         return payload
-
-    def _outputs(self) -> Outputs:
-        output_format = self.input.get("output_format") if isinstance(self.input, Mapping) else None
-        return Outputs(self.output_path, output_format, self.max_output_bytes, self.download_timeout)
 
     def execute(self, context: Context) -> list[str]:
         payload = self._model_input()
@@ -214,19 +200,3 @@ class CometFluxPredictionOperator(BaseOperator):
         if self._prediction_id:
             self.log.info("Task killed: cancelling prediction %s.", self._prediction_id)
             self.hook.cancel_prediction(self._prediction_id)
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage: the output folder as a dataset, and the prediction id (see ``lineage.py``)."""
-        return self._lineage(task_instance, failed=False)
-
-    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
-        """OpenLineage on failure: the prediction id, when one was made."""
-        return self._lineage(task_instance, failed=True)
-
-    def _lineage(self, task_instance: Any, *, failed: bool) -> Any:
-        from airflow_provider_cometflux.lineage import operator_lineage
-
-        folders = [str(self.output_path)] if self.output_path else []
-        return operator_lineage(
-            model=self.model, prediction_ids=self._lineage_ids, output_folders=folders, failed=failed
-        )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import (
@@ -14,21 +13,20 @@ from airflow_provider_cometflux._compat import (
     PokeReturnValue,
     conf,
 )
-from airflow_provider_cometflux.completion import Outputs, complete_one
+from airflow_provider_cometflux.completion import complete_one
 from airflow_provider_cometflux.events import prediction_event
 from airflow_provider_cometflux.exceptions import PredictionTimeoutError
+from airflow_provider_cometflux.face import CometFluxFace
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
-from airflow_provider_cometflux.lifecycle import NO_TRIGGER_ON_KILL, check_count, check_seconds, defer_timeout
+from airflow_provider_cometflux.lifecycle import NO_TRIGGER_ON_KILL, defer_timeout
 from airflow_provider_cometflux.links import CometAPIPredictionLink
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
-    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
 
-
-class CometFluxPredictionSensor(BaseSensorOperator):
+class CometFluxPredictionSensor(CometFluxFace, BaseSensorOperator):
     """
     Waits for a prediction created elsewhere (e.g. by ``CometFluxPredictionOperator(wait_for_completion=False)``)
     and returns the same ``list[str]`` as the operator: stored URIs with ``output_path``, else delivery URLs.
@@ -70,19 +68,13 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         self.cometapi_conn_id = cometapi_conn_id
         self.output_path = output_path
         self.deferrable = deferrable
-        self.max_output_bytes = check_count("max_output_bytes", max_output_bytes)
-        self.download_timeout = check_seconds("download_timeout", download_timeout)
+        self._set_outputs(max_output_bytes, download_timeout)
         self._link_stored = False
         self._last_status = "unknown"
 
-    @cached_property
-    def hook(self) -> CometAPIHook:
-        from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-
-        return CometAPIHook(self.cometapi_conn_id)
-
     def execute(self, context: Context) -> Any:
         check_prediction_id(self.prediction_id)
+        self._lineage_ids = [self.prediction_id]
         if not self.deferrable:
             try:
                 return super().execute(context)
@@ -128,18 +120,11 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         :param context: the task's context.
         :param event: a prediction event from the trigger.
         """
+        self._lineage_ids = [self.prediction_id]
         try:
             return self._complete(context, event)
         except PredictionTimeoutError as exc:  # the same outcome as in poke and reschedule modes (it was cancelled)
             raise AirflowSensorTimeout(f"{exc.message}; cancelled (best effort).") from exc
 
     def _complete(self, context: Context, event: dict[str, Any] | None) -> list[str]:
-        outputs = Outputs(self.output_path, None, self.max_output_bytes, self.download_timeout)
-        return complete_one(context, event, hook=self.hook, outputs=outputs, request_input=None)
-
-    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """OpenLineage: the output folder as a dataset, and the prediction id (see ``lineage.py``)."""
-        from airflow_provider_cometflux.lineage import operator_lineage
-
-        folders = [str(self.output_path)] if self.output_path else []
-        return operator_lineage(model="", prediction_ids=[self.prediction_id], output_folders=folders)
+        return complete_one(context, event, hook=self.hook, outputs=self._outputs(), request_input=None)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from airflow.triggers.base import BaseTrigger
 
@@ -29,18 +30,55 @@ _CANCELLING: set[asyncio.Future[None]] = set()
 
 class PredictionsTrigger(BaseTrigger):
     """
-    A trigger watching predictions of one connection; subclasses say which (:meth:`watched_ids`).
+    A trigger watching predictions of one connection; subclasses say which (:meth:`watched_ids`, :meth:`ids`).
 
     :param cometapi_conn_id: the Airflow connection (type ``cometapi``) to read them with.
+    :param poll_interval: the steady delay between polls of one prediction, in seconds.
+    :param end_time: epoch seconds after which a prediction still running gets a ``timeout`` event.
+    :param max_consecutive_errors: polls of one prediction that may fail transiently in a row.
     """
 
-    def __init__(self, cometapi_conn_id: str) -> None:
+    def __init__(
+        self, cometapi_conn_id: str, poll_interval: float, end_time: float | None, max_consecutive_errors: int
+    ) -> None:
         super().__init__()
         self.cometapi_conn_id = cometapi_conn_id
+        self.poll_interval = float(poll_interval)
+        self.end_time = None if end_time is None else float(end_time)
+        self.max_consecutive_errors = int(max_consecutive_errors)
+
+    def ids(self) -> dict[str, Any]:
+        """The trigger's own keyword arguments: the prediction id(s) it watches."""
+        raise NotImplementedError
 
     def watched_ids(self) -> Sequence[str]:
         """The predictions this trigger watches."""
         raise NotImplementedError
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """Ids and numbers only, never a secret: the key is read from the connection in the triggerer."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                **self.ids(),
+                "cometapi_conn_id": self.cometapi_conn_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    async def watch(self, prediction_ids: Sequence[str | None]) -> list[dict[str, Any] | None]:
+        """Every prediction's event, through the event loop's shared poller (``None`` where the id is ``None``)."""
+        from airflow_provider_cometflux.triggers.watch import watch_events
+
+        return await watch_events(
+            self.cometapi_conn_id,
+            prediction_ids,
+            poll_interval=self.poll_interval,
+            end_time=self.end_time,
+            max_consecutive_errors=self.max_consecutive_errors,
+        )
 
     async def on_kill(self) -> None:
         """

@@ -38,37 +38,17 @@ class CometFluxBatchTrigger(PredictionsTrigger):
         end_time: float | None = None,
         max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS,
     ) -> None:
-        super().__init__(cometapi_conn_id)
+        super().__init__(cometapi_conn_id, poll_interval, end_time, max_consecutive_errors)
         self.prediction_ids = list(prediction_ids)
-        self.poll_interval = float(poll_interval)
-        self.end_time = None if end_time is None else float(end_time)
-        self.max_consecutive_errors = int(max_consecutive_errors)
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "prediction_ids": list(self.prediction_ids),
-                "cometapi_conn_id": self.cometapi_conn_id,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "max_consecutive_errors": self.max_consecutive_errors,
-            },
-        )
+    def ids(self) -> dict[str, Any]:
+        return {"prediction_ids": list(self.prediction_ids)}
 
     def watched_ids(self) -> Sequence[str]:
         return [pid for pid in self.prediction_ids if pid]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_cometflux.triggers.watch import watch_events
-
-        results = await watch_events(
-            self.cometapi_conn_id,
-            self.prediction_ids,
-            poll_interval=self.poll_interval,
-            end_time=self.end_time,
-            max_consecutive_errors=self.max_consecutive_errors,
-        )
+        results = await self.watch(self.prediction_ids)
         fatal = next(
             (r for r in results if r is not None and r["status"] == ERROR and r.get("error_kind") in (CONFIG, AUTH)),
             None,

@@ -35,35 +35,15 @@ class CometFluxPredictionTrigger(PredictionsTrigger):
         end_time: float | None = None,
         max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS,
     ) -> None:
-        super().__init__(cometapi_conn_id)
+        super().__init__(cometapi_conn_id, poll_interval, end_time, max_consecutive_errors)
         self.prediction_id = prediction_id
-        self.poll_interval = float(poll_interval)
-        self.end_time = None if end_time is None else float(end_time)
-        self.max_consecutive_errors = int(max_consecutive_errors)
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "prediction_id": self.prediction_id,
-                "cometapi_conn_id": self.cometapi_conn_id,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "max_consecutive_errors": self.max_consecutive_errors,
-            },
-        )
+    def ids(self) -> dict[str, Any]:
+        return {"prediction_id": self.prediction_id}
 
     def watched_ids(self) -> Sequence[str]:
         return [self.prediction_id]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_cometflux.triggers.watch import watch_event
-
-        event = await watch_event(
-            self.cometapi_conn_id,
-            self.prediction_id,
-            poll_interval=self.poll_interval,
-            end_time=self.end_time,
-            max_consecutive_errors=self.max_consecutive_errors,
-        )
+        (event,) = await self.watch([self.prediction_id])
         yield TriggerEvent(event)
