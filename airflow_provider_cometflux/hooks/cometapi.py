@@ -8,13 +8,10 @@ keep-alive connection pool. ``aiohttp`` is imported on first async use, so DAG p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
@@ -27,15 +24,17 @@ from airflow_provider_cometflux.exceptions import (
     PredictionMayExistError,
     PredictionTimeoutError,
 )
-from airflow_provider_cometflux.get_provider_info import REQUESTS_PER_MINUTE
-from airflow_provider_cometflux.hooks.transport import (
-    USER_AGENT,
-    Download,
-    Sink,
-    async_request,
-    sync_download,
-    sync_request,
+from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE
+from airflow_provider_cometflux.hooks.connection import (
+    Credentials,
+    close_async_session,
+    loop_session,
+    read_credentials,
+    release_loop_session,
+    shared_credentials,
 )
+from airflow_provider_cometflux.hooks.download import Download, Sink, sync_download
+from airflow_provider_cometflux.hooks.transport import USER_AGENT, async_request, sync_request
 from airflow_provider_cometflux.models import (
     Prediction,
     check_prediction_id,
@@ -46,12 +45,12 @@ from airflow_provider_cometflux.models import (
 from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS, RetryPolicy, poll_delays
 
 if TYPE_CHECKING:
-    import aiohttp
     import requests
+
+__all__ = ["CometAPIHook", "close_async_session"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.cometapi.com"
 API_PREFIX = "/replicate/v1"
 #: The largest output copied by default (see ``max_output_bytes``): FLUX images are a few MB at most.
 MAX_OUTPUT_BYTES = 64 * 1024 * 1024
@@ -62,70 +61,6 @@ DOWNLOAD_TIMEOUT = 300.0
 TEST_CONNECTION_SECONDS = 15.0
 #: The largest ``Prefer: wait=N`` Replicate accepts.
 MAX_SYNC_WAIT = 60
-
-
-@dataclass(frozen=True)
-class _Credentials:
-    base_url: str
-    api_key: str = field(repr=False)
-    #: the ceiling the user set on the connection (extra ``requests_per_minute``), if any
-    requests_per_minute: float | None = None
-
-
-#: Connections the shared async pool keeps open at most (per event loop).
-ASYNC_POOL_LIMIT = 256
-
-
-@dataclass
-class _LoopSession:
-    """An event loop's shared aiohttp session and how many hooks are using it."""
-
-    session: aiohttp.ClientSession
-    users: int = 0
-
-
-# One aiohttp session per event loop, shared by every hook running on that loop.
-_ASYNC_SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSession] = weakref.WeakKeyDictionary()
-
-
-def _loop_session() -> _LoopSession:
-    import aiohttp
-
-    loop = asyncio.get_running_loop()
-    shared = _ASYNC_SESSIONS.get(loop)
-    if shared is None or shared.session.closed:
-        connector = aiohttp.TCPConnector(limit=ASYNC_POOL_LIMIT, ttl_dns_cache=300, keepalive_timeout=60)
-        session = aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT})
-        shared = _ASYNC_SESSIONS[loop] = _LoopSession(session)
-    return shared
-
-
-#: Seconds an event loop reuses a connection's credentials: the thousands of triggers of one triggerer then share
-#: one connection lookup (each costs milliseconds, and a thousand at once stall the loop), and a changed key is
-#: picked up by triggers that start later than this.
-CREDENTIALS_TTL = 60.0
-
-# Per event loop and connection id: when the lookup started, and the lookup itself, which the concurrent first
-# readers all await. A failed lookup is dropped, so the next reader asks again.
-_CredentialsLookups = dict[str, tuple[float, "asyncio.Future[_Credentials]"]]
-_LOOP_CREDENTIALS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _CredentialsLookups] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _forget_failed(cached: _CredentialsLookups, conn_id: str, lookup: asyncio.Future[_Credentials]) -> None:
-    """Drop a failed or cancelled credentials lookup from the loop's cache, so that the next reader asks again."""
-    failed = lookup.cancelled() or lookup.exception() is not None
-    entry = cached.get(conn_id)
-    if failed and entry is not None and entry[1] is lookup:
-        del cached[conn_id]
-
-
-async def close_async_session() -> None:
-    """Close this event loop's shared HTTP session now, whoever uses it (it reopens on next use)."""
-    shared = _ASYNC_SESSIONS.pop(asyncio.get_running_loop(), None)
-    if shared is not None and not shared.session.closed:
-        await shared.session.close()
 
 
 class CometAPIHook(BaseHook):
@@ -158,7 +93,7 @@ class CometAPIHook(BaseHook):
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.retry_policy = retry_policy or RetryPolicy()
-        self._async_credentials: _Credentials | None = None
+        self._async_credentials: Credentials | None = None
         self._using_loop_session = False
 
     # -- connection form -------------------------------------------------------------------------------------
@@ -186,48 +121,6 @@ class CometAPIHook(BaseHook):
 
     # -- credentials -----------------------------------------------------------------------------------------
 
-    def _credentials_from(self, conn: Any) -> _Credentials:
-        """The base URL and key of a connection; the key is not registered with the masker here."""
-        api_key = (conn.password or "").strip()
-        if not api_key:
-            raise CometAPIConnectionConfigError(
-                f"Connection '{self.cometapi_conn_id}' has no API key. Put your CometAPI key in the connection's "
-                "password field (Admin -> Connections), or set AIRFLOW_CONN_"
-                f'{self.cometapi_conn_id.upper()}=\'{{"conn_type": "cometapi", "password": "<your key>"}}\'.'
-            )
-        host = (conn.host or "").strip().rstrip("/")
-        if not host:
-            base_url = DEFAULT_BASE_URL
-        elif "://" in host:
-            base_url = host
-        else:
-            base_url = f"{conn.schema or 'https'}://{host}"
-        if conn.port and "://" not in host:
-            base_url = f"{base_url}:{conn.port}"
-        return _Credentials(base_url=base_url, api_key=api_key, requests_per_minute=self._ceiling_from(conn))
-
-    def _ceiling_from(self, conn: Any) -> float | None:
-        """The connection's ``requests_per_minute`` extra: a number above 0, or ``None`` when unset."""
-        try:
-            extra = conn.extra_dejson or {}
-        except Exception:
-            extra = {}
-        value = None
-        if isinstance(extra, Mapping):  # the form stores it plain (3.2+) or prefixed (older forms)
-            value = extra.get(REQUESTS_PER_MINUTE, extra.get(f"extra__{self.conn_type}__{REQUESTS_PER_MINUTE}"))
-        if value in (None, ""):
-            return None
-        try:
-            ceiling = float(value)
-        except (TypeError, ValueError):
-            ceiling = 0.0
-        if not ceiling > 0 or ceiling != ceiling:
-            raise CometAPIConnectionConfigError(
-                f"Connection '{self.cometapi_conn_id}': requests_per_minute {value!r} is not allowed; expected a "
-                "number above 0 (or leave it empty for no ceiling)."
-            )
-        return ceiling
-
     @property
     def requests_per_minute(self) -> float | None:
         """The request ceiling set on the connection (extra ``requests_per_minute``), or ``None``."""
@@ -237,68 +130,19 @@ class CometAPIHook(BaseHook):
         """Async :attr:`requests_per_minute`, read with the shared connection lookup of the event loop."""
         return (await self._aget_credentials()).requests_per_minute
 
-    def _missing_connection(self, exc: Exception) -> CometAPIConnectionConfigError:
-        return CometAPIConnectionConfigError(
-            f"Connection '{self.cometapi_conn_id}' was not found ({type(exc).__name__}). Create a connection of "
-            "type 'cometapi' with your CometAPI key as its password, e.g. "
-            f'AIRFLOW_CONN_{self.cometapi_conn_id.upper()}=\'{{"conn_type": "cometapi", '
-            '"password": "<your key>"}\' or in the UI under Admin -> Connections.'
-        )
-
     @cached_property
-    def credentials(self) -> _Credentials:
-        """The base URL and key, read from the connection once per hook."""
-        try:
-            conn = self.get_connection(self.cometapi_conn_id)
-        except Exception as exc:
-            if "NotFound" in type(exc).__name__:
-                raise self._missing_connection(exc) from None
-            raise
-        credentials = self._credentials_from(conn)
-        from airflow.sdk.log import mask_secret
+    def credentials(self) -> Credentials:
+        """The base URL and key, read from the connection once per hook (the key registered with the masker)."""
+        return read_credentials(self.cometapi_conn_id, self.get_connection)
 
-        mask_secret(credentials.api_key)  # in the task's logs and its supervisor's
-        return credentials
-
-    async def _aget_credentials(self) -> _Credentials:
+    async def _aget_credentials(self) -> Credentials:
         """
-        The base URL and key, read from the connection once per hook, and shared for :data:`CREDENTIALS_TTL`
-        seconds by every hook on the same event loop that uses the same connection.
+        The base URL and key, read once per hook, and shared for ``CREDENTIALS_TTL`` seconds by every hook on the
+        same event loop that uses the same connection (see :func:`~.connection.shared_credentials`).
         """
         if self._async_credentials is None:
-            loop = asyncio.get_running_loop()
-            cached = _LOOP_CREDENTIALS.setdefault(loop, {})
-            entry = cached.get(self.cometapi_conn_id)
-            if entry is None or loop.time() - entry[0] > CREDENTIALS_TTL:
-                lookup = asyncio.ensure_future(self._alookup_credentials())
-                entry = cached[self.cometapi_conn_id] = (loop.time(), lookup)
-                lookup.add_done_callback(partial(_forget_failed, cached, self.cometapi_conn_id))
-            # shielded: one reader cancelled (its trigger ended) does not cancel the lookup the others await
-            self._async_credentials = await asyncio.shield(entry[1])
+            self._async_credentials = await shared_credentials(self.cometapi_conn_id)
         return self._async_credentials
-
-    async def _alookup_credentials(self) -> _Credentials:
-        """Read the connection without blocking the event loop, and register its key with the masker."""
-        from asgiref.sync import sync_to_async
-
-        lookup = sync_to_async(BaseHook.get_connection)  # the blocking lookup, run off the event loop
-        try:
-            aget = getattr(BaseHook, "aget_connection", None)  # Airflow 3.1+
-            try:
-                conn = await (aget or lookup)(self.cometapi_conn_id)
-            except Exception as exc:
-                if aget is None or "NotFound" not in type(exc).__name__:
-                    raise
-                # `airflow dags test` answers aget_connection from environment variables only: ask again
-                # through the sync lookup, which also sees connections stored in the database
-                conn = await lookup(self.cometapi_conn_id)
-        except Exception as exc:
-            if "NotFound" in type(exc).__name__:
-                raise self._missing_connection(exc) from None
-            raise
-        credentials = self._credentials_from(conn)
-        await _amask(credentials.api_key)
-        return credentials
 
     # -- sync transport --------------------------------------------------------------------------------------
 
@@ -365,10 +209,8 @@ class CometAPIHook(BaseHook):
     ) -> dict[str, Any]:
         """Async :meth:`_call`: the same answers, retries and ``deadline``, without blocking the event loop."""
         creds = await self._aget_credentials()
-        shared = _loop_session()
-        if not self._using_loop_session:
-            shared.users += 1
-            self._using_loop_session = True
+        shared = loop_session(joining=not self._using_loop_session)
+        self._using_loop_session = True
         return await async_request(
             shared.session,
             method,
@@ -395,12 +237,7 @@ class CometAPIHook(BaseHook):
         if not self._using_loop_session:
             return
         self._using_loop_session = False
-        shared = _ASYNC_SESSIONS.get(asyncio.get_running_loop())
-        if shared is None:
-            return
-        shared.users -= 1
-        if shared.users <= 0:
-            await close_async_session()
+        await release_loop_session()
 
     # -- the API ---------------------------------------------------------------------------------------------
 
@@ -665,7 +502,7 @@ def _cancel_not_done(prediction_id: str, exc: CometAPIError) -> None:
         log.warning("Could not cancel prediction %s: %s", prediction_id, exc)
 
 
-def _auth_headers(creds: _Credentials) -> dict[str, str]:
+def _auth_headers(creds: Credentials) -> dict[str, str]:
     """The headers of an authenticated async request."""
     return {"Authorization": f"Bearer {creds.api_key}", "Accept": "application/json"}
 
@@ -706,16 +543,3 @@ def gave_up_text(waited: float, timeout: float | None, last_status: str, last_er
     if last_error is not None:
         text += f"; the last poll failed: {last_error}"
     return text
-
-
-async def _amask(secret: str) -> None:
-    """Register a secret with the masker from async code, without blocking the event loop."""
-    try:
-        from airflow.sdk.log import amask_secret
-    except ImportError:  # older Airflow: its mask_secret waits for the triggerer's loop, so call it off the loop
-        from airflow.sdk.log import mask_secret
-        from asgiref.sync import sync_to_async
-
-        await sync_to_async(mask_secret)(secret)
-        return
-    await amask_secret(secret)

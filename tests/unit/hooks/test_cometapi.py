@@ -259,14 +259,16 @@ def _conn_env(monkeypatch: pytest.MonkeyPatch, key: str, conn_id: str = "shared"
 @pytest.fixture
 def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The connection ids the hooks actually looked up (not answered from the event loop's cache)."""
+    from airflow_provider_cometflux.hooks import connection
+
     seen: list[str] = []
-    original = CometAPIHook._alookup_credentials
+    original = connection._alookup
 
-    async def counted(self: CometAPIHook):
-        seen.append(self.cometapi_conn_id)
-        return await original(self)
+    async def counted(conn_id: str):
+        seen.append(conn_id)
+        return await original(conn_id)
 
-    monkeypatch.setattr(CometAPIHook, "_alookup_credentials", counted)
+    monkeypatch.setattr(connection, "_alookup", counted)
     return seen
 
 
@@ -286,7 +288,7 @@ async def test_a_changed_key_is_picked_up_after_the_ttl(monkeypatch, lookups):
     assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-first"
     _conn_env(monkeypatch, "sk-rotated")
     assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-first"  # within the TTL
-    monkeypatch.setattr("airflow_provider_cometflux.hooks.cometapi.CREDENTIALS_TTL", 0.0)
+    monkeypatch.setattr("airflow_provider_cometflux.hooks.connection.CREDENTIALS_TTL", 0.0)
     assert (await CometAPIHook("shared")._aget_credentials()).api_key == "sk-rotated"
     assert lookups == ["shared", "shared"]
 

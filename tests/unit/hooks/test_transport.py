@@ -14,7 +14,7 @@ from airflow_provider_cometflux.exceptions import (
     OutputTooLargeError,
     PredictionMayExistError,
 )
-from airflow_provider_cometflux.hooks import cometapi
+from airflow_provider_cometflux.hooks import connection
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook, close_async_session
 from airflow_provider_cometflux.hooks.transport import MAX_API_BODY, read_answer
 from airflow_provider_cometflux.retries import RetryPolicy
@@ -121,7 +121,7 @@ def test_download_streams_into_the_sink(cometapi_connection):
 @pytest.mark.cometapi_simulator(run_seconds=0.1, poll_delay=5)
 async def test_an_async_create_waiting_for_a_pooled_connection_is_bounded(cometapi_connection, monkeypatch):
     """Defect: the async create had no total timeout, so waiting for a pooled connection was unbounded."""
-    monkeypatch.setattr(cometapi, "ASYNC_POOL_LIMIT", 1)
+    monkeypatch.setattr(connection, "ASYNC_POOL_LIMIT", 1)
     hook = CometAPIHook(connect_timeout=0.5, read_timeout=0.5, retry_policy=NO_RETRIES)
     busy = CometAPIHook(read_timeout=30, retry_policy=NO_RETRIES)
     pid = (await hook.acreate_prediction("black-forest-labs/flux-schnell", {"prompt": "first"}))["id"]
