@@ -1,0 +1,606 @@
+"""One shared poller per event loop and connection: every watcher's status polls under one request budget.
+
+A triggerer runs thousands of triggers on one event loop. Were each to poll on its own and back off on its own
+after a 429, together they would keep a rate-limited service saturated with refusals. Instead every watcher on a
+loop registers the prediction it waits for with that loop's :class:`SharedPoller` for the connection, which makes
+the status requests for all of them:
+
+* **one request budget per connection** (:class:`RequestBudget`): a 429 pauses every request of the connection
+  for its ``Retry-After``; the rate then adapts, cut on a refusal to what the service was seen to accept, probed
+  back up while answers come fast and the budget is what holds polls back. With no ceiling on the connection it
+  starts unlimited (bounded only by the in-flight cap, the shared HTTP pool's size) until the first 429; the
+  connection's ``requests_per_minute`` extra is a ceiling it never passes;
+* **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
+  a prediction is seen done soon after it ends, and each prediction's own delays come from
+  :func:`~airflow_provider_cometflux.retries.poll_delays` (quick first, then every ``poll_interval``);
+* **one registration per prediction**: two watchers of the same id share its polls (at the smaller interval);
+* **the poller decides about retries**: its hook retries nothing; a transient failure is tried again at the
+  prediction's next poll, after a growing pause, and ends a watcher after ``max_consecutive_errors`` in a row
+  (a 429 is the budget's matter and never counts against a prediction);
+* **cancel-safe**: cancelling a watcher removes only its own registration; a request in flight is never cancelled
+  (its answer still serves the other watchers of that id, or is dropped), and the poller stops, closing its hook,
+  once nothing is watched and nothing is in flight.
+
+One coroutine per poller dispatches; one task per request in flight; per watcher a future and a deadline timer.
+Nothing blocks the loop and nothing busy-waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import random
+import time
+import weakref
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from airflow_provider_cometflux.exceptions import (
+    CometAPIConnectionConfigError,
+    CometAPIError,
+    PredictionTimeoutError,
+)
+from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
+from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS, RetryPolicy, poll_delays
+
+if TYPE_CHECKING:
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+log = logging.getLogger(__name__)
+
+#: The longest one status request may take (CometAPI's GET can take tens of seconds; a slow poll is normal).
+POLL_REQUEST_TIMEOUT = 90.0
+#: The first polls of watchers registered together are spread over up to this many seconds.
+FIRST_POLL_SPREAD = 0.25
+#: The pause after a 429 without a ``Retry-After``, doubled for each such pause in a row (up to the longest).
+PAUSE_WITHOUT_RETRY_AFTER = 1.0
+#: No pause lasts longer than this, whatever ``Retry-After`` says (watchers' deadlines still hold).
+MAX_PAUSE = RetryPolicy().max_retry_after
+#: After a transient failure a prediction waits at least this long, doubled per failure in a row, up to the max.
+ERROR_BACKOFF = 0.5
+ERROR_BACKOFF_MAX = 30.0
+
+
+class RequestBudget:
+    """
+    How fast the requests of one connection may start: a pace (or none), a pause after a 429, and their adaptation.
+
+    * With no ceiling the budget starts unlimited. The first 429 sets a pace: what the service was seen to accept
+      in the second before the refused request started, a little below it.
+    * Every refusal of a request started under the current pace pauses all requests for the ``Retry-After`` (or
+      a growing pause without one) and cuts the pace: to at most 85% of the pace in force and 90% of what was
+      accepted. Refusals of requests started before that cut (already in flight) change nothing more.
+    * While answers come fast and requests were held back by the pace, the pace creeps up: quickly up to 90% of
+      the last rate the service refused, then slowly past it (so a raised limit is found again).
+    * The pace never exceeds ``ceiling`` (requests per second).
+
+    Requests are admitted with a small burst tolerance (:attr:`BURST_SECONDS` ahead of the pace).
+
+    :param ceiling: the most requests per second, or ``None`` for no ceiling.
+    """
+
+    #: How far ahead of the pace a request may start (spares a timer per request at high rates).
+    BURST_SECONDS = 0.02
+    #: The lowest pace, in requests per second.
+    MIN_RATE = 0.2
+    #: The window over which the accepted rate is measured, in buckets of :attr:`BUCKET` seconds.
+    BUCKET = 0.1
+    WINDOW_BUCKETS = 10
+    #: Answers slower than this (seconds) do not count as "fast": no probing up on them.
+    FAST_ANSWER = 2.0
+
+    def __init__(self, ceiling: float | None = None) -> None:
+        self.ceiling = ceiling
+        #: requests per second, or ``None`` while unlimited
+        self.rate: float | None = ceiling
+        self.paused_until = -math.inf
+        #: incremented at every cut; a request records it when it starts
+        self.epoch = 0
+        #: the accepted rate when the service last refused (what probing is measured against)
+        self.limit_seen: float | None = None
+        self.refusals = 0
+        self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
+        self._pauses_in_row = 0
+        self._held_at = -math.inf
+        size = 2 * self.WINDOW_BUCKETS
+        # per bucket of start time: [bucket number, starts, accepted answers]
+        self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(size)]
+
+    def _bucket(self, started: float) -> list[int]:
+        number = int(started / self.BUCKET)
+        slot = self._buckets[number % len(self._buckets)]
+        if slot[0] != number:
+            slot[0], slot[1], slot[2] = number, 0, 0
+        return slot
+
+    def _counts_before(self, started: float) -> tuple[int, int]:
+        """Starts and accepted answers among the requests started in the window before ``started``."""
+        last = int(started / self.BUCKET)
+        starts = accepted = 0
+        for number, s, a in self._buckets:
+            if last - self.WINDOW_BUCKETS <= number <= last:
+                starts += s
+                accepted += a
+        return starts, accepted
+
+    def wait(self, now: float) -> float:
+        """Seconds until the next request may start (0: now)."""
+        if now < self.paused_until:
+            return self.paused_until - now
+        if self.rate is None:
+            return 0.0
+        return max(0.0, self._tat - self.BURST_SECONDS - now)
+
+    def held_back(self, now: float) -> None:
+        """Note that a due request waited for the pace (the budget, not the demand, was the limit)."""
+        self._held_at = now
+
+    def take(self, now: float) -> int:
+        """Start a request now (after :meth:`wait` said 0); its epoch, to give back with its answer."""
+        if self.rate is not None:
+            self._tat = max(self._tat, now) + 1.0 / self.rate
+        self._bucket(now)[1] += 1
+        return self.epoch
+
+    def answered(self, now: float, started: float) -> None:
+        """
+        A request started at ``started`` got an answer that was not a refusal.
+
+        :param now: when it arrived.
+        :param started: when the request started.
+        """
+        self._bucket(started)[2] += 1
+        self._pauses_in_row = 0
+        rate = self.rate
+        if rate is None or now - started > self.FAST_ANSWER or now - self._held_at > 1.0:
+            return
+        seen = self.limit_seen or rate
+        step = 0.05 * seen if rate < 0.9 * seen else 0.005 * seen  # per second, spread over the answers
+        rate += step / rate
+        self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
+
+    def refused(self, now: float, started: float, epoch: int, retry_after: float | None) -> float:
+        """
+        A request got a 429: pause every request, and cut the pace once per refusal of the current pace.
+
+        :param now: when the refusal arrived.
+        :param started: when the refused request started.
+        :param epoch: what :meth:`take` returned for it.
+        :param retry_after: the service's ``Retry-After``, in seconds, if it sent one.
+        :return: the pause, in seconds.
+        """
+        self.refusals += 1
+        if retry_after is None:
+            pause = min(MAX_PAUSE, PAUSE_WITHOUT_RETRY_AFTER * 2**self._pauses_in_row)
+        else:
+            pause = min(MAX_PAUSE, max(0.0, retry_after)) * random.uniform(1.0, 1.05)
+        if now + pause > self.paused_until:
+            self.paused_until = now + pause
+            self._pauses_in_row += 1
+        if epoch != self.epoch:
+            return pause  # started before the last cut: already accounted for
+        self.epoch += 1
+        starts, accepted = self._counts_before(started)
+        # seconds the window covers: at most its length, and no more than the budget has been counting
+        candidates = []
+        if self.rate is not None:
+            candidates.append(0.85 * self.rate)
+        if accepted:
+            candidates.append(0.9 * accepted)
+            self.limit_seen = float(accepted)
+        elif starts:
+            candidates.append(0.5 * starts)
+        rate = max(self.MIN_RATE, min(candidates, default=self.MIN_RATE))
+        self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
+        self._tat = self.paused_until
+        log.warning(
+            "CometAPI refused a status poll (429): pausing every poll of the connection for %.1fs, then at most "
+            "%.1f requests per second.",
+            pause,
+            self.rate,
+        )
+        return pause
+
+
+class _Watcher:
+    """One awaiting coroutine's registration: its future, its bounds and its own run of errors."""
+
+    __slots__ = ("end_time", "entry", "errors", "future", "interval", "max_errors", "started", "timer")
+
+    def __init__(
+        self, future: asyncio.Future[Prediction], interval: float, end_time: float | None, max_errors: int
+    ) -> None:
+        self.future = future
+        self.interval = interval
+        self.end_time = end_time
+        self.max_errors = max_errors
+        self.errors = 0
+        self.started = time.time()
+        self.timer: asyncio.TimerHandle | None = None
+        self.entry: _Entry | None = None
+
+
+class _Entry:
+    """One prediction's registration: its watchers, its poll schedule, what its last poll said."""
+
+    __slots__ = ("delays", "due", "error", "errors", "in_flight", "interval", "pid", "seq", "status", "watchers")
+
+    def __init__(self, pid: str, interval: float) -> None:
+        self.pid = pid
+        self.watchers: list[_Watcher] = []
+        self.interval = interval
+        self.delays: Iterator[float] = poll_delays(interval)
+        self.due = 0.0
+        self.seq = -1  # the heap item that is current; older ones are stale
+        self.in_flight = False
+        self.errors = 0
+        self.status = "unknown"
+        self.error: BaseException | None = None
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class SharedPoller:
+    """
+    Polls every watched prediction of one connection on one event loop (see the module's docstring).
+
+    Made by :func:`watch_prediction`; one per event loop and connection id.
+
+    :param cometapi_conn_id: the connection.
+    :param loop: the event loop it runs on.
+    :param max_in_flight: requests in flight at most (default: the shared HTTP pool's size).
+    """
+
+    def __init__(
+        self, cometapi_conn_id: str, loop: asyncio.AbstractEventLoop, *, max_in_flight: int | None = None
+    ) -> None:
+        from airflow_provider_cometflux.hooks import connection
+        from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+        self.cometapi_conn_id = cometapi_conn_id
+        self.loop = loop
+        self.max_in_flight = max_in_flight or connection.ASYNC_POOL_LIMIT
+        self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=RetryPolicy(max_retries=0))
+        self.budget = RequestBudget()
+        self.entries: dict[str, _Entry] = {}
+        self.requests = 0
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._seq = 0
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wakeup: asyncio.Future[None] | None = None
+        self._stopped = False
+        self.task: asyncio.Task[None] = loop.create_task(self._run(), name=f"cometflux-poller-{cometapi_conn_id}")
+
+    # -- registrations ---------------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in flight now."""
+        return self._in_flight
+
+    def register(
+        self, pid: str, *, poll_interval: float, end_time: float | None, max_consecutive_errors: int
+    ) -> _Watcher:
+        """Watch ``pid``: the returned watcher's future resolves with the terminal prediction (or an error)."""
+        loop = self.loop
+        watcher = _Watcher(loop.create_future(), poll_interval, end_time, max(1, max_consecutive_errors))
+        now = loop.time()
+        entry = self.entries.get(pid)
+        if entry is None:
+            entry = self.entries[pid] = _Entry(pid, poll_interval)
+            self._schedule(entry, now + random.uniform(0.0, min(FIRST_POLL_SPREAD, poll_interval)))
+        elif poll_interval < entry.interval:  # polled at the smaller interval from now on
+            entry.interval = poll_interval
+            entry.delays = poll_delays(poll_interval)
+            soon = now + next(entry.delays)
+            if not entry.in_flight and soon < entry.due:
+                self._schedule(entry, soon)
+        watcher.entry = entry
+        entry.watchers.append(watcher)
+        if end_time is not None:
+            watcher.timer = loop.call_at(now + (end_time - time.time()), self._expire, watcher)
+        self._poke()
+        return watcher
+
+    def unregister(self, watcher: _Watcher) -> None:
+        """Forget one watcher (its coroutine was cancelled or is done); the others are left alone."""
+        if watcher.timer is not None:
+            watcher.timer.cancel()
+            watcher.timer = None
+        entry = watcher.entry
+        if entry is None:
+            return
+        watcher.entry = None
+        if watcher in entry.watchers:
+            entry.watchers.remove(watcher)
+        if not entry.watchers:
+            self._drop(entry)
+
+    def _drop(self, entry: _Entry) -> None:
+        if self.entries.get(entry.pid) is entry:
+            del self.entries[entry.pid]
+            self._poke()
+
+    def _finish(self, watcher: _Watcher, result: Prediction | BaseException) -> None:
+        future = watcher.future
+        self.unregister(watcher)
+        if future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+    def _expire(self, watcher: _Watcher) -> None:
+        """A watcher's ``end_time`` came: it gives up, saying how long it waited and what it saw last."""
+        from airflow_provider_cometflux.hooks.cometapi import gave_up_text
+
+        watcher.timer = None
+        entry = watcher.entry
+        status, error = (entry.status, entry.error) if entry is not None else ("unknown", None)
+        text = gave_up_text(time.time() - watcher.started, None, status, error)
+        pid = entry.pid if entry is not None else None
+        self._finish(watcher, PredictionTimeoutError(text, prediction_id=pid))
+
+    # -- the schedule ----------------------------------------------------------------------------------------
+
+    def _schedule(self, entry: _Entry, due: float) -> None:
+        """(Re)schedule a prediction's next poll; an earlier heap item of it becomes stale, and is skipped."""
+        self._seq += 1
+        entry.due, entry.seq = due, self._seq
+        heap = self._heap
+        heapq.heappush(heap, (due, self._seq, entry))
+        if len(heap) > 2 * len(self.entries) + 64:  # stale items of dropped or rescheduled predictions
+            self._heap = [item for item in heap if self._current(item)]
+            heapq.heapify(self._heap)
+
+    def _current(self, item: tuple[float, int, _Entry]) -> bool:
+        entry = item[2]
+        return entry.seq == item[1] and not entry.in_flight and self.entries.get(entry.pid) is entry
+
+    def _poke(self) -> None:
+        if self._wakeup is not None:
+            _wake(self._wakeup)
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Sleep until ``seconds`` pass (``None``: until poked), or until poked."""
+        future = self.loop.create_future()
+        self._wakeup = future
+        timer = None if seconds is None else self.loop.call_later(seconds, _wake, future)
+        try:
+            await future
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _run(self) -> None:
+        try:
+            await self._dispatch()
+        except BaseException as exc:
+            failure: BaseException = exc
+            if isinstance(exc, asyncio.CancelledError):
+                failure = asyncio.CancelledError()
+            elif not isinstance(exc, (CometAPIError, CometAPIConnectionConfigError)):
+                log.exception("The shared poller of connection %s failed.", self.cometapi_conn_id)
+            self._fail_all(failure)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._retire()
+            for task in list(self._tasks):  # only when the loop itself is going away: nobody is left to serve
+                task.cancel()
+            try:
+                await self.hook.aclose()
+            except Exception:
+                log.debug("Closing the poller's hook failed.", exc_info=True)
+
+    def _retire(self) -> None:
+        self._stopped = True
+        pollers = _POLLERS.get(self.loop)
+        if pollers is not None and pollers.get(self.cometapi_conn_id) is self:
+            del pollers[self.cometapi_conn_id]
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for entry in list(self.entries.values()):
+            for watcher in list(entry.watchers):
+                if isinstance(exc, asyncio.CancelledError):
+                    self.unregister(watcher)
+                    watcher.future.cancel()
+                else:
+                    self._finish(watcher, exc)
+
+    async def _dispatch(self) -> None:
+        ceiling = await self.hook.arequests_per_minute()
+        if ceiling is not None:
+            self.budget = RequestBudget(ceiling / 60.0)
+        loop = self.loop
+        budget = self.budget
+        while True:
+            if not self.entries and not self._in_flight:
+                self._retire()  # from now on a new watcher gets a new poller
+                return
+            heap = self._heap  # compaction may have replaced it
+            while heap and not self._current(heap[0]):
+                heapq.heappop(heap)
+            if not heap:
+                await self._sleep(None)
+                continue
+            now = loop.time()
+            due = heap[0][0]
+            if due > now:
+                await self._sleep(due - now)
+                continue
+            if self._in_flight >= self.max_in_flight:
+                await self._sleep(None)
+                continue
+            wait = budget.wait(now)
+            if wait > 0:
+                if now >= budget.paused_until:
+                    budget.held_back(now)
+                await self._sleep(wait)
+                continue
+            entry = heapq.heappop(heap)[2]
+            entry.in_flight = True
+            self._in_flight += 1
+            self.requests += 1
+            epoch = budget.take(now)
+            task = loop.create_task(self._poll(entry, now, epoch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    # -- one poll --------------------------------------------------------------------------------------------
+
+    def _request_timeout(self, entry: _Entry) -> float:
+        latest = -math.inf
+        for watcher in entry.watchers:
+            if watcher.end_time is None:
+                return POLL_REQUEST_TIMEOUT
+            latest = max(latest, watcher.end_time)
+        if latest == -math.inf:
+            return POLL_REQUEST_TIMEOUT
+        return max(0.05, min(POLL_REQUEST_TIMEOUT, latest - time.time()))
+
+    async def _poll(self, entry: _Entry, started: float, epoch: int) -> None:
+        result: Prediction | BaseException
+        try:
+            result = Prediction(await self.hook.aget_prediction(entry.pid, timeout=self._request_timeout(entry)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = exc
+        finally:
+            entry.in_flight = False
+            self._in_flight -= 1
+            self._poke()
+        if self._stopped:
+            return
+        try:
+            self._answered(entry, started, epoch, result)
+        except Exception as exc:  # a bug: fail this prediction's watchers clearly rather than leave them hanging
+            log.exception("Handling the poll of prediction %s failed.", entry.pid)
+            for watcher in list(entry.watchers):
+                self._finish(watcher, exc)
+
+    def _answered(self, entry: _Entry, started: float, epoch: int, result: Prediction | BaseException) -> None:
+        now = self.loop.time()
+        live = self.entries.get(entry.pid) is entry
+        if isinstance(result, CometAPIError) and result.http_status == 429:
+            self.budget.refused(now, started, epoch, result.retry_after)
+            if live:
+                entry.error = result
+                self._schedule(entry, entry.due)  # first in line again once the pause is over
+            return
+        if isinstance(result, Prediction):
+            self.budget.answered(now, started)
+            if not live:
+                return
+            if result.is_terminal:
+                for watcher in list(entry.watchers):
+                    self._finish(watcher, result)
+                return
+            if result.status != entry.status:
+                note_status(result)
+            entry.status, entry.error, entry.errors = result.status, None, 0
+            for watcher in entry.watchers:
+                watcher.errors = 0
+            self._schedule(entry, now + next(entry.delays))
+            return
+        if isinstance(result, CometAPIError) and result.http_status is not None:
+            self.budget.answered(now, started)  # an answer all the same: the service is not refusing
+        if isinstance(result, CometAPIConnectionConfigError):  # the connection itself: every watcher alike
+            self._fail_all(result)
+            return
+        if not live:
+            return
+        if not isinstance(result, CometAPIError) or not result.transient:
+            for watcher in list(entry.watchers):
+                self._finish(watcher, result)
+            return
+        from airflow_provider_cometflux.hooks.cometapi import polls_failed
+
+        entry.errors += 1
+        entry.error = result
+        for watcher in list(entry.watchers):
+            watcher.errors += 1
+            if watcher.errors >= watcher.max_errors:
+                self._finish(watcher, polls_failed(result, watcher.errors))
+        if entry.watchers:
+            log.warning("Polling prediction %s failed (%d in a row): %s", entry.pid, entry.errors, result)
+            backoff = min(ERROR_BACKOFF_MAX, ERROR_BACKOFF * 2 ** (entry.errors - 1)) * random.uniform(0.5, 1.0)
+            self._schedule(entry, now + max(backoff, next(entry.delays)))
+
+
+# One poller per event loop and connection id.
+_POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPoller]] = weakref.WeakKeyDictionary()
+
+
+def shared_poller(cometapi_conn_id: str) -> SharedPoller:
+    """
+    The running event loop's poller for a connection, started on first use.
+
+    :param cometapi_conn_id: the connection.
+    """
+    loop = asyncio.get_running_loop()
+    pollers = _POLLERS.get(loop)
+    if pollers is None:
+        pollers = _POLLERS[loop] = {}
+    poller = pollers.get(cometapi_conn_id)
+    if poller is None or poller._stopped:
+        poller = pollers[cometapi_conn_id] = SharedPoller(cometapi_conn_id, loop)
+    return poller
+
+
+def current_poller(cometapi_conn_id: str) -> SharedPoller | None:
+    """
+    The running event loop's poller for a connection, if one is running (for tests and measurements).
+
+    :param cometapi_conn_id: the connection.
+    """
+    return (_POLLERS.get(asyncio.get_running_loop()) or {}).get(cometapi_conn_id)
+
+
+async def watch_prediction(
+    cometapi_conn_id: str,
+    prediction_id: str,
+    *,
+    poll_interval: float,
+    end_time: float | None,
+    max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS,
+) -> Prediction:
+    """
+    Wait, through the event loop's shared poller, until a prediction is terminal.
+
+    :param cometapi_conn_id: the connection to poll with.
+    :param prediction_id: the prediction.
+    :param poll_interval: the steady delay between its polls, in seconds (the first come sooner).
+    :param end_time: epoch seconds at which to give up; ``None`` for no deadline.
+    :param max_consecutive_errors: transient poll failures in a row (429s excepted) that end the wait.
+    :return: the prediction in a terminal status (``succeeded``, ``failed``, ``canceled`` or ``aborted``).
+    :raises PredictionTimeoutError: at ``end_time``, saying how long it waited, the last status and poll error.
+    :raises CometAPIError: at once for an error that is not transient (401, 403, 404...); the last error after
+        ``max_consecutive_errors`` transient ones in a row.
+    :raises CometAPIConnectionConfigError: the connection is missing or unusable.
+    """
+    pid = check_prediction_id(prediction_id)
+    if not poll_interval > 0:
+        raise ValueError(f"poll_interval must be above 0, not {poll_interval!r}")
+    if end_time is not None and end_time <= time.time():
+        raise PredictionTimeoutError(
+            "gave up after 0s: the deadline had passed before watching began; last status 'unknown'",
+            prediction_id=pid,
+        )
+    poller = shared_poller(cometapi_conn_id)
+    watcher = poller.register(
+        pid, poll_interval=float(poll_interval), end_time=end_time, max_consecutive_errors=max_consecutive_errors
+    )
+    try:
+        return await watcher.future
+    finally:
+        poller.unregister(watcher)
