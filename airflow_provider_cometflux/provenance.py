@@ -1,0 +1,436 @@
+"""Provenance kept next to the images: a JSON sidecar per stored prediction and a JSON Lines manifest per batch run.
+
+A sidecar, ``<output_path>/<prediction_id>.json``, says what made the images beside it: the prediction id, model,
+version, the input (inline images only as their size and sha256), status, times, metrics, and per image its URI,
+sha256, size and content type. A batch task run also writes ``manifest.jsonl``: one line per prompt, in prompt
+order, failed prompts with their error. Both carry ``"format": SIDECAR_FORMAT``; the readers
+(:func:`load_sidecar`, :func:`load_manifest`) give typed records back and refuse a format they do not know.
+
+Both files are written whole or not at all (a temporary name beside the target, then a rename), so a reader that
+lists the folder never sees a partial one; a retry overwrites them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from airflow_provider_cometflux.models import check_prediction_id, public_input
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+#: The format (and its version) written in every sidecar and every manifest line, as the field ``format``.
+SIDECAR_FORMAT = "cometflux.prediction/1"
+#: The formats the readers accept.
+KNOWN_FORMATS = frozenset({SIDECAR_FORMAT})
+#: The manifest's default file name.
+MANIFEST_NAME = "manifest.jsonl"
+#: Status of a manifest line whose prompt produced images.
+SUCCEEDED = "succeeded"
+
+_PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
+
+
+class ProvenanceFormatError(ValueError):
+    """A sidecar or manifest that is not in a format this version of the provider can read."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """
+    One stored image, as a sidecar or manifest line describes it.
+
+    :param uri: where the image is stored (``file:///...``, ``s3://...``).
+    :param sha256: hex digest of the stored bytes.
+    :param bytes: size of the stored file.
+    :param content_type: its MIME type.
+    :param source_url: the delivery URL it was copied from (no query string; it expires), if known.
+    """
+
+    uri: str
+    sha256: str
+    bytes: int
+    content_type: str
+    source_url: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageRecord:
+        """:param data: an entry of a sidecar's or manifest line's ``images``."""
+        return cls(
+            uri=str(data["uri"]),
+            sha256=str(data["sha256"]),
+            bytes=int(data["bytes"]),
+            content_type=str(data.get("content_type") or ""),
+            source_url=data.get("source_url"),
+        )
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """
+    A sidecar, read back.
+
+    :param format: the format version (:data:`SIDECAR_FORMAT`).
+    :param prediction_id: the prediction's id at the service.
+    :param model: ``owner/name`` of the model.
+    :param version: the model version the service reported, if any.
+    :param status: the prediction's final status.
+    :param input: the input as sent (inline images as ``{"data_uri": True, "bytes", "sha256"}``).
+    :param images: the stored images, in output order.
+    :param created_at: when the service created the prediction (ISO 8601 text, as the service gave it).
+    :param started_at: when it started, if known.
+    :param completed_at: when it completed, if known.
+    :param metrics: the service's metrics (``predict_time``, ``image_count``, ...).
+    :param error: the service's error, if any.
+    :param web_url: the prediction's page for people, if any.
+    """
+
+    format: str
+    prediction_id: str
+    model: str | None
+    version: str | None
+    status: str | None
+    input: Mapping[str, Any] = field(default_factory=dict)
+    images: tuple[ImageRecord, ...] = ()
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    error: Any = None
+    web_url: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PredictionRecord:
+        """
+        :param data: a sidecar's JSON object.
+        :raises ProvenanceFormatError: for another format, or a sidecar without a prediction id.
+        """
+        fmt = _check_format(data, "sidecar")
+        if not data.get("prediction_id"):
+            raise ProvenanceFormatError("sidecar: no 'prediction_id'")
+        return cls(
+            format=fmt,
+            prediction_id=str(data["prediction_id"]),
+            model=data.get("model"),
+            version=data.get("version"),
+            status=data.get("status"),
+            input=dict(data.get("input") or {}),
+            images=tuple(ImageRecord.from_dict(image) for image in data.get("images") or ()),
+            created_at=data.get("created_at"),
+            started_at=data.get("started_at"),
+            completed_at=data.get("completed_at"),
+            metrics=dict(data.get("metrics") or {}),
+            error=data.get("error"),
+            web_url=data.get("web_url"),
+        )
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """
+    One manifest line (one prompt of a batch), read back.
+
+    :param format: the format version (:data:`SIDECAR_FORMAT`).
+    :param index: the prompt's position in the batch.
+    :param prompt: the prompt.
+    :param status: ``succeeded``, or why it has no images (``failed``, ``canceled``, ``timeout``, ``not_created``...).
+    :param prediction_id: its prediction, or ``None`` when none was created.
+    :param model: ``owner/name`` of the model, when the prompt succeeded.
+    :param error: the failure's message, for a failed prompt.
+    :param sidecar: the URI of the prompt's sidecar, when it succeeded.
+    :param images: the stored images, when it succeeded.
+    :param input: the input as sent, when it succeeded.
+    :param created_at: when the service created the prediction, when it succeeded.
+    :param completed_at: when it completed, when it succeeded.
+    :param metrics: the service's metrics, when it succeeded.
+    """
+
+    format: str
+    index: int
+    prompt: str
+    status: str
+    prediction_id: str | None = None
+    model: str | None = None
+    error: str | None = None
+    sidecar: str | None = None
+    images: tuple[ImageRecord, ...] = ()
+    input: Mapping[str, Any] = field(default_factory=dict)
+    created_at: str | None = None
+    completed_at: str | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCEEDED
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ManifestRecord:
+        """
+        :param data: one manifest line's JSON object.
+        :raises ProvenanceFormatError: for another format, or a line without ``index``/``prompt``/``status``.
+        """
+        fmt = _check_format(data, "manifest line")
+        missing = [key for key in ("index", "prompt", "status") if data.get(key) is None]
+        if missing:
+            raise ProvenanceFormatError(f"manifest line: no {', '.join(repr(k) for k in missing)}")
+        return cls(
+            format=fmt,
+            index=int(data["index"]),
+            prompt=str(data["prompt"]),
+            status=str(data["status"]),
+            prediction_id=data.get("prediction_id"),
+            model=data.get("model"),
+            error=data.get("error"),
+            sidecar=data.get("sidecar"),
+            images=tuple(ImageRecord.from_dict(image) for image in data.get("images") or ()),
+            input=dict(data.get("input") or {}),
+            created_at=data.get("created_at"),
+            completed_at=data.get("completed_at"),
+            metrics=dict(data.get("metrics") or {}),
+        )
+
+
+def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """
+    The sidecar of one stored prediction, as a JSON-ready dict.
+
+    Inline images in the input become their size and sha256 (also nested ones), secrets Airflow masks (and values
+    under names such as ``api_key`` or ``token``) become ``***``, and delivery URLs lose their query string.
+
+    :param prediction: the XCom ``prediction`` value (``id, model, version, status, error, created_at,
+        started_at, completed_at, metrics, output, web_url, input``).
+    :param images: the XCom ``images`` entries of that prediction (``uri, source_url, sha256, bytes,
+        content_type``), in output order.
+    :return: ``{"format", "prediction_id", "model", "version", "status", "error", "created_at", "started_at",
+        "completed_at", "metrics", "web_url", "input", "images": [{"uri", "sha256", "bytes", "content_type",
+        "source_url"}]}``.
+    """
+    record: dict[str, Any] = {"format": SIDECAR_FORMAT, "prediction_id": str(prediction.get("id") or "")}
+    for key in _PREDICTION_FIELDS:
+        record[key] = prediction.get(key)
+    record["error"] = prediction.get("error")
+    metrics = prediction.get("metrics")
+    record["metrics"] = dict(metrics) if isinstance(metrics, Mapping) else {}
+    raw_input = prediction.get("input")
+    record["input"] = _redact(_scrub(public_input(raw_input))) if isinstance(raw_input, Mapping) else {}
+    record["images"] = [
+        {
+            "uri": str(image["uri"]),
+            "sha256": str(image["sha256"]),
+            "bytes": int(image["bytes"]),
+            "content_type": str(image.get("content_type") or ""),
+            "source_url": _without_query(image.get("source_url")),
+        }
+        for image in images
+    ]
+    return record
+
+
+def write_sidecar(folder: str | ObjectStoragePath, record: Mapping[str, Any]) -> str:
+    """
+    Write ``<folder>/<prediction id>.json``, whole or not at all; a second write (a retry) replaces it.
+
+    :param folder: the task's ``output_path`` (a URI, a local path or an ObjectStoragePath).
+    :param record: a :func:`sidecar_record`.
+    :return: the sidecar's URI.
+    :raises CometFluxInputError: when the record's prediction id is not a safe file name.
+    :raises ProvenanceFormatError: when the record is not in :data:`SIDECAR_FORMAT`.
+    """
+    _check_format(record, "sidecar")
+    prediction_id = check_prediction_id(record.get("prediction_id"))
+    text = json.dumps(dict(record), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
+    return _write_whole(folder, f"{prediction_id}.json", text)
+
+
+def manifest_row(
+    index: int,
+    prompt: str,
+    *,
+    record: Mapping[str, Any] | None,
+    failure: Mapping[str, Any] | None,
+    sidecar_uri: str | None,
+) -> dict[str, Any]:
+    """
+    One manifest line: one prompt of a batch.
+
+    Every line has the same columns, so pandas and DuckDB read the file as one table.
+
+    :param index: the prompt's position.
+    :param prompt: the prompt.
+    :param record: the prompt's :func:`sidecar_record`, when it succeeded.
+    :param failure: the prompt's entry of XCom ``failures`` (``index, prompt, prediction_id, status, message``),
+        when it failed.
+    :param sidecar_uri: the URI of the prompt's sidecar, when one was written.
+    :return: ``{"format", "index", "prompt", "status", "prediction_id", "model", "error", "sidecar", "images",
+        "input", "created_at", "completed_at", "metrics"}``.
+    """
+    row: dict[str, Any] = {"format": SIDECAR_FORMAT, "index": int(index), "prompt": str(prompt)}
+    if record is not None and failure is None:
+        row.update(
+            status=SUCCEEDED,
+            prediction_id=record.get("prediction_id"),
+            model=record.get("model"),
+            error=None,
+            sidecar=sidecar_uri,
+            images=[dict(image) for image in record.get("images") or ()],
+            input=dict(record.get("input") or {}),
+            created_at=record.get("created_at"),
+            completed_at=record.get("completed_at"),
+            metrics=dict(record.get("metrics") or {}),
+        )
+        return row
+    failure = failure or {}
+    row.update(
+        status=str(failure.get("status") or "error"),
+        prediction_id=failure.get("prediction_id"),
+        model=None if record is None else record.get("model"),
+        error=str(failure.get("message") or "no result was recorded for this prompt"),
+        sidecar=None,
+        images=[],
+        input={},
+        created_at=None,
+        completed_at=None,
+        metrics={},
+    )
+    return row
+
+
+def write_manifest(
+    folder: str | ObjectStoragePath, rows: Sequence[Mapping[str, Any]], *, name: str = MANIFEST_NAME
+) -> str:
+    """
+    Write a JSON Lines manifest (one object per line, UTF-8), whole or not at all; a retry replaces it.
+
+    ``pandas.read_json(uri, lines=True)`` and DuckDB's ``read_json_auto(path)`` read it as is.
+
+    :param folder: the task's ``output_path``.
+    :param rows: :func:`manifest_row` values, in prompt order.
+    :param name: the file name inside ``folder`` (no folder part).
+    :return: the manifest's URI.
+    :raises ValueError: for a name with a folder part or a leading dot.
+    :raises ProvenanceFormatError: for a row not in :data:`SIDECAR_FORMAT`.
+    """
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"manifest name {name!r}: expected a plain file name")
+    lines = []
+    for row in rows:
+        _check_format(row, "manifest line")
+        lines.append(json.dumps(dict(row), sort_keys=True, ensure_ascii=False, default=str) + "\n")
+    return _write_whole(folder, name, "".join(lines))
+
+
+def load_sidecar(path: str | ObjectStoragePath) -> PredictionRecord:
+    """
+    Read a sidecar back.
+
+    :param path: the sidecar's URI, local path or ObjectStoragePath.
+    :raises ProvenanceFormatError: for a file that is not a sidecar of a known format.
+    """
+    from airflow_provider_cometflux.storage import as_storage_path
+
+    target = as_storage_path(path)
+    try:
+        data = json.loads(target.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ProvenanceFormatError(f"{target}: not JSON ({exc})") from None
+    if not isinstance(data, Mapping):
+        raise ProvenanceFormatError(f"{target}: expected a JSON object")
+    try:
+        return PredictionRecord.from_dict(data)
+    except ProvenanceFormatError as exc:
+        raise ProvenanceFormatError(f"{target}: {exc}") from None
+
+
+def load_manifest(path: str | ObjectStoragePath) -> list[ManifestRecord]:
+    """
+    Read a manifest back, one :class:`ManifestRecord` per prompt, in file order.
+
+    :param path: the manifest's URI, local path or ObjectStoragePath.
+    :raises ProvenanceFormatError: for a line that is not JSON, or not in a known format (with its line number).
+    """
+    from airflow_provider_cometflux.storage import as_storage_path
+
+    target = as_storage_path(path)
+    return list(_parse_manifest(target.read_text(encoding="utf-8").splitlines(), str(target)))
+
+
+def _parse_manifest(lines: Iterable[str], where: str) -> Iterable[ManifestRecord]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ProvenanceFormatError(f"{where}, line {number}: not JSON ({exc})") from None
+        if not isinstance(data, Mapping):
+            raise ProvenanceFormatError(f"{where}, line {number}: expected a JSON object")
+        try:
+            yield ManifestRecord.from_dict(data)
+        except ProvenanceFormatError as exc:
+            raise ProvenanceFormatError(f"{where}, line {number}: {exc}") from None
+
+
+def _check_format(data: Mapping[str, Any], what: str) -> str:
+    fmt = data.get("format")
+    if fmt in KNOWN_FORMATS:
+        return str(fmt)
+    if fmt is None:
+        raise ProvenanceFormatError(f"{what}: no 'format' field; expected {SIDECAR_FORMAT!r}")
+    raise ProvenanceFormatError(
+        f"{what}: format {str(fmt)[:80]!r} is not one this provider reads ({', '.join(sorted(KNOWN_FORMATS))}); "
+        "a newer provider may have written it"
+    )
+
+
+def _write_whole(folder: str | ObjectStoragePath, name: str, text: str) -> str:
+    """Write ``text`` to ``<folder>/<name>`` through a temporary name beside it, then rename it into place."""
+    from airflow_provider_cometflux.storage import as_storage_path
+
+    base = as_storage_path(folder)
+    base.mkdir(parents=True, exist_ok=True)
+    target = base / name
+    partial = base / f".{name}.{uuid.uuid4().hex}.part"
+    try:
+        partial.write_text(text, encoding="utf-8")
+        partial.rename(target)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return str(target)
+
+
+def _scrub(value: Any) -> Any:
+    """Replace every ``data:`` URI, however deeply nested, by its size and sha256 (as :func:`public_input` does)."""
+    if isinstance(value, str) and value.startswith("data:"):
+        return public_input({"value": value})["value"]
+    if isinstance(value, Mapping):
+        return {str(key): _scrub(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(item) for item in value]
+    return value
+
+
+def _redact(value: dict[str, Any]) -> dict[str, Any]:
+    """Airflow's own secret masking: registered secrets and values under sensitive names become ``***``."""
+    try:
+        from airflow.sdk._shared.secrets_masker import redact
+    except ImportError:  # Airflow 3.0/3.1
+        try:
+            from airflow.sdk.execution_time.secrets_masker import redact  # type: ignore[no-redef]
+        except ImportError:
+            return value
+    redacted = redact(value)
+    return dict(redacted) if isinstance(redacted, Mapping) else value
+
+
+def _without_query(url: Any) -> str | None:
+    """A delivery URL without query string or fragment (where a signed URL keeps its token)."""
+    if not isinstance(url, str) or not url:
+        return None
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
