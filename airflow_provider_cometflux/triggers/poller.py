@@ -67,13 +67,16 @@ class RequestBudget:
     """
     How fast the requests of one connection may start: a pace (or none), a pause after a 429, and their adaptation.
 
-    * With no ceiling the budget starts unlimited. The first 429 sets a pace: what the service was seen to accept
-      in the second before the refused request started, a little below it.
-    * Every refusal of a request started under the current pace pauses all requests for the ``Retry-After`` (or
-      a growing pause without one) and cuts the pace: to at most 85% of the pace in force and 90% of what was
-      accepted. Refusals of requests started before that cut (already in flight) change nothing more.
-    * While answers come fast and requests were held back by the pace, the pace creeps up: quickly up to 90% of
-      the last rate the service refused, then slowly past it (so a raised limit is found again).
+    * With no ceiling the budget starts unlimited (and at the ceiling with one) until the first 429.
+    * A 429 pauses every request for its ``Retry-After`` (or a pause growing from
+      :data:`PAUSE_WITHOUT_RETRY_AFTER` without one). The first refusal of a request started under the pace in
+      force also cuts it (multiplicative decrease): to 90% of the answers the service accepted in the second before
+      the refused request started (when there were at least :attr:`MIN_SAMPLE` of them: that count is its limit as
+      seen), else to half the requests started then; and to at most 85% of the pace in force. Refusals of requests
+      started before that cut (already in flight) only extend the pause.
+    * While answers come fast and due polls wait for the pace, the pace goes back up: exponentially while no limit
+      was seen or far below it, then by 5% of the limit seen per second, and by 0.5% per second once within 10%
+      of it (an additive probe, which also finds a raised limit again).
     * The pace never exceeds ``ceiling`` (requests per second).
 
     Requests are admitted with a small burst tolerance (:attr:`BURST_SECONDS` ahead of the pace).
@@ -90,6 +93,10 @@ class RequestBudget:
     WINDOW_BUCKETS = 10
     #: Answers slower than this (seconds) do not count as "fast": no probing up on them.
     FAST_ANSWER = 2.0
+    #: Accepted answers in the window before a refusal needed to take their count as the service's limit.
+    MIN_SAMPLE = 10
+    #: Far below any limit seen, each fast answer raises the pace by this much (it doubles about every 2 s).
+    SLOW_START_GAIN = 0.35
 
     def __init__(self, ceiling: float | None = None) -> None:
         self.ceiling = ceiling
@@ -156,9 +163,11 @@ class RequestBudget:
         rate = self.rate
         if rate is None or now - started > self.FAST_ANSWER or now - self._held_at > 1.0:
             return
-        seen = self.limit_seen or rate
-        step = 0.05 * seen if rate < 0.9 * seen else 0.005 * seen  # per second, spread over the answers
-        rate += step / rate
+        seen = self.limit_seen
+        if seen is None or rate < 0.5 * seen:
+            rate += self.SLOW_START_GAIN  # per answer: the pace grows exponentially
+        else:  # per second: 5% of the rate last refused, and 0.5% once within 10% of it
+            rate += (0.05 if rate < 0.9 * seen else 0.005) * seen / rate
         self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
 
     def refused(self, now: float, started: float, epoch: int, retry_after: float | None) -> float:
@@ -183,16 +192,15 @@ class RequestBudget:
             return pause  # started before the last cut: already accounted for
         self.epoch += 1
         starts, accepted = self._counts_before(started)
-        # seconds the window covers: at most its length, and no more than the budget has been counting
-        candidates = []
-        if self.rate is not None:
-            candidates.append(0.85 * self.rate)
-        if accepted:
-            candidates.append(0.9 * accepted)
+        if accepted >= self.MIN_SAMPLE:  # what the service let through: a measure of its limit
             self.limit_seen = float(accepted)
-        elif starts:
-            candidates.append(0.5 * starts)
-        rate = max(self.MIN_RATE, min(candidates, default=self.MIN_RATE))
+            rate = 0.9 * accepted
+        else:  # too few answers to say (a stray 429, or a budget spent for a while): start slow, find it again
+            self.limit_seen = None
+            rate = 0.5 * starts
+        if self.rate is not None:
+            rate = min(rate, 0.85 * self.rate)
+        rate = max(self.MIN_RATE, rate)
         self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
         self._tat = self.paused_until
         log.warning(
@@ -268,7 +276,9 @@ class SharedPoller:
         self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=RetryPolicy(max_retries=0))
         self.budget = RequestBudget()
         self.entries: dict[str, _Entry] = {}
+        #: status requests started, and answered (or failed) so far
         self.requests = 0
+        self.answers = 0
         self._heap: list[tuple[float, int, _Entry]] = []
         self._seq = 0
         self._in_flight = 0
@@ -479,6 +489,7 @@ class SharedPoller:
             entry.in_flight = False
             self._in_flight -= 1
             self._poke()
+        self.answers += 1
         if self._stopped:
             return
         try:

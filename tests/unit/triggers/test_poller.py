@@ -1,0 +1,398 @@
+"""The shared poller against the real simulator on loopback, and its request budget on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from airflow_provider_cometflux.exceptions import (
+    CometAPIConnectionConfigError,
+    CometAPIError,
+    PredictionTimeoutError,
+)
+from airflow_provider_cometflux.hooks import connection as hook_connection
+from airflow_provider_cometflux.models import Prediction
+from airflow_provider_cometflux.testing.simulator import CometAPISimulator
+from airflow_provider_cometflux.triggers.poller import RequestBudget, current_poller, watch_prediction
+
+CONN_ID = "poller_test"
+
+
+@pytest.fixture
+def sim() -> Iterator[CometAPISimulator]:
+    with CometAPISimulator("127.0.0.1", 0, run_seconds=0.3) as simulator:
+        yield simulator
+
+
+def point_at(monkeypatch: pytest.MonkeyPatch, sim: CometAPISimulator, conn_id: str = CONN_ID, **extra: object) -> str:
+    conn: dict[str, object] = {"conn_type": "cometapi", "host": sim.base_url, "password": "sk-poller-test-key"}
+    if extra:
+        conn["extra"] = extra
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+    return conn_id
+
+
+@pytest.fixture
+def conn(monkeypatch: pytest.MonkeyPatch, sim: CometAPISimulator) -> str:
+    return point_at(monkeypatch, sim)
+
+
+def create(sim: CometAPISimulator, prompt: str = "a cat") -> str:
+    url = f"{sim.base_url}/replicate/v1/models/black-forest-labs/flux-schnell/predictions"
+    resp = requests.post(url, json={"input": {"prompt": prompt}}, headers={"Authorization": "Bearer k"}, timeout=10)
+    resp.raise_for_status()
+    return resp.json()["id"]
+
+
+def watch(pid: str, conn_id: str = CONN_ID, *, interval: float = 0.1, end_in: float | None = 30, **kw) -> asyncio.Task:
+    end_time = None if end_in is None else time.time() + end_in
+    return asyncio.ensure_future(watch_prediction(conn_id, pid, poll_interval=interval, end_time=end_time, **kw))
+
+
+async def until(condition, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def stopped(conn_id: str = CONN_ID) -> None:
+    await until(lambda: current_poller(conn_id) is None)
+
+
+# -- against the simulator -----------------------------------------------------------------------------------
+
+
+async def test_returns_the_terminal_prediction(sim, conn):
+    ok, failed = create(sim), create(sim, "a cat [sim:failed]")
+    first, second = await asyncio.wait_for(asyncio.gather(watch(ok), watch(failed)), 10)
+    assert isinstance(first, Prediction) and first.status == "succeeded" and first.id == ok
+    assert first.output_urls and all(url.startswith(sim.base_url) for url in first.output_urls)
+    assert second.status == "failed" and second.id == failed
+    await stopped()
+
+
+async def test_an_unknown_status_is_in_flight(monkeypatch, caplog):
+    from aiohttp import web
+
+    answers = iter(["queued", "queued", "succeeded"])
+
+    async def get(request: web.Request) -> web.Response:
+        status = next(answers, "succeeded")
+        return web.json_response({"id": request.match_info["pid"], "status": status, "output": ["http://x/1.png"]})
+
+    app = web.Application()
+    app.router.add_get("/replicate/v1/predictions/{pid}", get)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        conn = {"conn_type": "cometapi", "host": f"http://127.0.0.1:{port}", "password": "sk-poller-test-key"}
+        monkeypatch.setenv("AIRFLOW_CONN_POLLER_ODD", json.dumps(conn))
+        with caplog.at_level("WARNING"):
+            prediction = await asyncio.wait_for(watch("p1odd", "poller_odd", interval=0.05), 10)
+        assert prediction.status == "succeeded"
+        assert sum("unknown status 'queued'" in r.getMessage() for r in caplog.records) == 1  # once per change
+        await stopped("poller_odd")
+    finally:
+        await runner.cleanup()
+
+
+async def test_timeout_says_how_long_it_waited_and_the_last_status(sim, conn):
+    pid = create(sim, "a cat [sim:stuck]")
+    started = time.monotonic()
+    with pytest.raises(PredictionTimeoutError) as info:
+        await asyncio.wait_for(watch(pid, end_in=1.0), 10)
+    waited = time.monotonic() - started
+    assert 0.9 <= waited < 3
+    assert info.value.prediction_id == pid
+    assert "gave up after 1s" in info.value.message and "last status 'processing'" in info.value.message
+    assert "last poll failed" not in info.value.message
+    await stopped()
+
+
+async def test_timeout_names_the_last_poll_error(sim, conn):
+    pid = create(sim, "a cat [sim:stuck]")
+    sim.add_fault("get", "status", status=503, times=None)
+    with pytest.raises(PredictionTimeoutError) as info:
+        await asyncio.wait_for(watch(pid, end_in=1.0, max_consecutive_errors=100), 10)
+    assert "the last poll failed" in info.value.message and "503" in info.value.message
+
+
+async def test_a_deadline_already_past_polls_nothing(sim, conn):
+    pid = create(sim)
+    with pytest.raises(PredictionTimeoutError):
+        await watch_prediction(CONN_ID, pid, poll_interval=1, end_time=time.time() - 1)
+    assert sim.stats["gets"] == 0
+
+
+async def test_a_non_transient_error_is_raised_at_once(sim, conn):
+    sim_gets = sim.stats["gets"]
+    with pytest.raises(CometAPIError) as info:
+        await asyncio.wait_for(watch("doesnotexist", max_consecutive_errors=5), 5)
+    assert info.value.http_status == 404 and not info.value.transient
+    assert sim.stats["gets"] - sim_gets == 1
+
+
+async def test_a_missing_connection_fails_every_watcher(sim, monkeypatch):
+    monkeypatch.delenv("AIRFLOW_CONN_NO_SUCH_CONN", raising=False)
+    tasks = [watch(create(sim), "no_such_conn") for _ in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+    assert all(isinstance(r, CometAPIConnectionConfigError) for r in results)
+    assert "no_such_conn" in str(results[0])
+    assert sim.stats["gets"] == 0
+    await stopped("no_such_conn")
+
+
+async def test_transient_errors_are_tolerated_up_to_the_limit(sim, conn):
+    pid = create(sim)
+    sim.add_fault("get", "status", status=503, times=2)
+    sim.add_fault("get", "drop", times=1)
+    prediction = await asyncio.wait_for(watch(pid, max_consecutive_errors=4), 20)
+    assert prediction.status == "succeeded"
+    assert sim.stats["gets"] >= 4
+
+
+async def test_n_transient_errors_in_a_row_raise_the_last(sim, conn):
+    pid = create(sim)
+    sim.add_fault("get", "status", status=503, times=None)
+    with pytest.raises(CometAPIError) as info:
+        await asyncio.wait_for(watch(pid, max_consecutive_errors=3), 20)
+    assert info.value.http_status == 503 and "3 polls in a row" in info.value.message
+    assert sim.stats["gets"] == 3  # the poller's hook retries nothing by itself
+
+
+async def test_a_429_pauses_every_watcher(sim, conn):
+    ids = [create(sim, "a cat [sim:stuck]") for _ in range(8)]
+    sim.add_fault("get", "status", status=429, retry_after=1.5, times=1)
+    tasks = [watch(pid) for pid in ids]
+    await until(lambda: sim.stats["responses"].get("429", 0) >= 1)
+    refused_at = time.monotonic()
+    await asyncio.sleep(0.2)  # requests sent before the 429 came back are answered by now
+    during = sim.stats["gets"]
+    await asyncio.sleep(max(0.0, refused_at + 1.3 - time.monotonic()))
+    assert sim.stats["gets"] == during, "a status request was sent during the pause"
+    await until(lambda: sim.stats["gets"] > during + 3, limit=5)  # and polling resumes after it
+    poller = current_poller(CONN_ID)
+    assert poller is not None and poller.budget.refusals == 1 and poller.budget.rate is not None
+    sim.finish(ids)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert [r.status for r in results] == ["succeeded"] * len(ids)
+
+
+async def test_429s_never_count_as_a_predictions_errors(sim, conn):
+    pid = create(sim)
+    sim.add_fault("get", "status", status=429, retry_after=0.1, times=4)
+    prediction = await asyncio.wait_for(watch(pid, max_consecutive_errors=2), 20)
+    assert prediction.status == "succeeded"
+
+
+async def test_cancelling_one_watcher_leaves_the_others_and_requests_in_flight_alone(sim, conn):
+    shared, alone = create(sim, "a cat [sim:stuck]"), create(sim, "a dog [sim:stuck]")
+    first, second, third = watch(shared), watch(shared), watch(alone)
+    await until(lambda: sim.stats["gets"] >= 2)
+    poller = current_poller(CONN_ID)
+    assert poller is not None
+    sim.add_fault("get", "slow", delay=0.5, times=None)
+    await until(lambda: poller.in_flight >= 2)
+    in_flight_tasks = list(poller._tasks)
+    first.cancel()  # one of two watchers of `shared`, while its poll is in flight
+    third.cancel()  # the only watcher of `alone`, while its poll is in flight
+    await asyncio.gather(first, third, return_exceptions=True)
+    assert first.cancelled() and third.cancelled()
+    assert set(poller.entries) == {shared}
+    await asyncio.wait(in_flight_tasks, timeout=5)
+    assert all(t.done() and not t.cancelled() for t in in_flight_tasks), "a request in flight was cancelled"
+    sim.clear_faults()
+    sim.finish([shared, alone])
+    assert (await asyncio.wait_for(second, 10)).status == "succeeded"
+    assert poller.answers == poller.requests
+    await stopped()
+
+
+async def test_watchers_of_one_id_share_one_registration(sim, conn):
+    pid = create(sim, "a cat [sim:stuck]")
+    slow = watch(pid, interval=5.0)
+    await until(lambda: sim.stats["gets"] >= 1)
+    fast = watch(pid, interval=0.1)
+    await asyncio.sleep(0)  # the task registers
+    poller = current_poller(CONN_ID)
+    assert poller is not None and len(poller.entries) == 1
+    assert poller.entries[pid].interval == 0.1 and len(poller.entries[pid].watchers) == 2
+    await asyncio.sleep(1.0)
+    gets = sim.stats["gets"]
+    assert 5 <= gets <= 15  # one schedule at 0.1 s (quick-first delays), not one per watcher
+    sim.finish([pid])
+    first, second = await asyncio.wait_for(asyncio.gather(slow, fast), 10)
+    assert first.status == second.status == "succeeded" and first.raw == second.raw
+    await stopped()
+
+
+async def test_the_connections_ceiling_paces_every_poll(sim, monkeypatch):
+    conn_id = point_at(monkeypatch, sim, "poller_ceiling", requests_per_minute=120)
+    ids = [create(sim, "a cat [sim:stuck]") for _ in range(6)]
+    tasks = [watch(pid, conn_id) for pid in ids]
+    await until(lambda: sim.stats["gets"] >= 1)
+    started = time.monotonic()
+    first = sim.stats["gets"]
+    await asyncio.sleep(2.0)
+    elapsed = time.monotonic() - started
+    poller = current_poller(conn_id)
+    assert poller is not None and poller.budget.ceiling == 2.0 and poller.budget.rate == 2.0
+    sent = sim.stats["gets"] - first
+    # 2 per second (unpaced, 6 predictions at 0.1 s would make about 100): a little burst tolerance aside
+    assert 2 <= sent <= 2 * elapsed + 2
+    sim.finish(ids)
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert all(r.status == "succeeded" for r in results)
+
+
+async def test_a_bad_ceiling_is_a_connection_error(sim, monkeypatch):
+    conn_id = point_at(monkeypatch, sim, "poller_bad_ceiling", requests_per_minute="fast")
+    with pytest.raises(CometAPIConnectionConfigError, match="requests_per_minute"):
+        await asyncio.wait_for(watch(create(sim), conn_id), 10)
+
+
+async def test_the_poller_stops_when_nothing_is_watched(sim, conn):
+    pid = create(sim)
+    task = watch(pid)
+    await until(lambda: current_poller(CONN_ID) is not None)
+    poller = current_poller(CONN_ID)
+    assert poller is not None
+    await asyncio.wait_for(task, 10)
+    await asyncio.wait_for(poller.task, 5)  # its dispatcher ended, and closed its hook
+    assert current_poller(CONN_ID) is None and not poller.entries and poller.in_flight == 0
+    assert asyncio.get_running_loop() not in hook_connection._ASYNC_SESSIONS  # the last user closed the pool
+    again = await asyncio.wait_for(watch(create(sim)), 10)  # a new watcher gets a new poller
+    assert again.status == "succeeded"
+    await stopped()
+
+
+async def test_a_cancelled_last_watcher_stops_the_poller(sim, conn):
+    task = watch(create(sim, "a cat [sim:stuck]"), interval=0.1)
+    await until(lambda: sim.stats["gets"] >= 2)
+    poller = current_poller(CONN_ID)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert poller is not None
+    await asyncio.wait_for(poller.task, 5)
+    assert current_poller(CONN_ID) is None
+
+
+async def test_many_watchers_earliest_due_first_under_a_tight_ceiling(sim, monkeypatch):
+    conn_id = point_at(monkeypatch, sim, "poller_tight", requests_per_minute=600)  # 10 per second
+    ids = [create(sim, "a cat [sim:stuck]") for _ in range(20)]
+    tasks = [watch(pid, conn_id, interval=0.2) for pid in ids]
+    await asyncio.sleep(1.0)
+    sim.finish(ids)
+    ended = time.monotonic()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    took = time.monotonic() - ended
+    assert all(r.status == "succeeded" for r in results)
+    # every prediction needs one more poll at 10/s: about 2 s, however many were overdue before
+    assert took < 2.0 + 2.5
+
+
+# -- the budget on its own clock -----------------------------------------------------------------------------
+
+
+def test_budget_unlimited_until_the_first_429():
+    budget = RequestBudget()
+    now = 100.0
+    for _ in range(500):
+        assert budget.wait(now) == 0
+        budget.take(now)
+    assert budget.rate is None
+
+
+def test_budget_first_refusal_sets_a_pace_below_what_was_accepted():
+    budget = RequestBudget()
+    now = 100.0
+    epochs = []
+    for i in range(300):  # 300 requests within 0.3 s; the service accepted the first 200
+        t = now + i * 0.001
+        epochs.append(budget.take(t))
+        if i < 200:
+            budget.answered(t + 0.002, t)
+    pause = budget.refused(now + 0.3, now + 0.2, epochs[200], retry_after=1.0)
+    assert 1.0 <= pause <= 1.05
+    assert budget.rate == pytest.approx(180.0)
+    assert budget.wait(now + 0.5) > 0.7  # paused
+    # refusals of requests started before the cut change nothing more
+    for i in range(201, 300):
+        budget.refused(now + 0.31, now + i * 0.001, epochs[i], retry_after=1.0)
+    assert budget.rate == pytest.approx(180.0) and budget.refusals == 100
+
+
+def test_budget_paces_and_never_passes_the_ceiling():
+    budget = RequestBudget(ceiling=10.0)
+    now = 0.0
+    starts = 0
+    while now < 10.0:
+        if budget.wait(now) == 0:
+            budget.held_back(now)
+            budget.take(now)
+            budget.answered(now + 0.01, now)
+            starts += 1
+        now += 0.001
+    assert budget.rate == 10.0
+    assert 99 <= starts <= 102
+
+
+def test_budget_probes_up_only_while_requests_wait_for_it():
+    budget = RequestBudget(ceiling=1000.0)
+    budget.rate, budget.limit_seen = 100.0, 200.0
+    now = 0.0
+    for _ in range(100):  # one second of answers at the pace, nobody waiting
+        budget.take(now)
+        budget.answered(now + 0.01, now)
+        now += 0.01
+    assert budget.rate == 100.0
+    for _ in range(100):  # a second in which the pace held requests back: + 5% of 200 per second
+        budget.held_back(now)
+        budget.take(now)
+        budget.answered(now + 0.01, now)
+        now += 0.01
+    assert 108 < budget.rate < 112
+    budget.rate = 190.0  # near the rate last refused: 0.5% of it per second
+    for _ in range(190):
+        budget.held_back(now)
+        budget.take(now)
+        budget.answered(now + 0.01, now)
+        now += 1 / 190
+    assert 190.5 < budget.rate < 191.5
+
+
+def test_budget_pause_without_retry_after_grows():
+    budget = RequestBudget()
+    epoch = budget.take(0.0)
+    assert budget.refused(0.1, 0.0, epoch, None) == pytest.approx(1.0)
+    epoch = budget.take(1.2)
+    assert budget.refused(1.3, 1.2, epoch, None) == pytest.approx(2.0)
+    budget.answered(3.5, 3.4)
+    epoch = budget.take(3.6)
+    assert budget.refused(3.7, 3.6, epoch, None) == pytest.approx(1.0)
+
+
+def test_budget_a_stray_refusal_starts_slow_and_grows_back_fast():
+    budget = RequestBudget()
+    epoch = budget.take(0.0)  # the very first request is refused: no measure of any limit
+    budget.refused(0.01, 0.0, epoch, retry_after=0.5)
+    assert budget.limit_seen is None and budget.rate == pytest.approx(0.5)  # half the requests started
+    now = 0.5
+    while now < 10.0:  # ten seconds of demand above the pace, every answer fast
+        wait = budget.wait(now)
+        if wait == 0:
+            budget.take(now)
+            budget.answered(now + 0.005, now)
+        else:
+            budget.held_back(now)
+        now += 0.001
+    assert budget.rate is not None and budget.rate > 8  # exponential (0.5 to 9.6 in 9.5 s): soon forgotten
