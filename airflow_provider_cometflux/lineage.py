@@ -56,7 +56,7 @@ def operator_lineage(
     """
     The ``OperatorLineage`` a task returns from ``get_openlineage_facets_on_complete`` / ``..._on_failure``.
 
-    :param model: ``owner/name`` of the model.
+    :param model: ``owner/name`` of the model (empty when the task does not know it, as a sensor may not).
     :param prediction_ids: the predictions the task created or watched, in order (empty ones are skipped).
     :param output_folders: the folders images were stored in (the task's ``output_path``; a mapped task or a
         batch still has one), each reported once; empty when nothing was stored.
@@ -81,7 +81,9 @@ def operator_lineage(
             seen.add((namespace, name))
             outputs.append(Dataset(namespace=namespace, name=name))
     run_facets: dict[str, Any] = {
-        PREDICTION_FACET: prediction_facet_class()(model=str(model or ""), predictionIds=ids, failed=bool(failed))
+        PREDICTION_FACET: prediction_facet_class()(
+            model=str(model) if model else None, predictionIds=ids, failed=bool(failed)
+        )
     }
     if len(ids) == 1:
         from airflow.providers.common.compat.openlineage.facet import ExternalQueryRunFacet
@@ -96,7 +98,8 @@ def prediction_facet_class() -> type:
     The run facet class, built on first use so that the OpenLineage client is imported only when lineage is asked
     for. It is reachable as ``airflow_provider_cometflux.lineage.CometFluxPredictionRunFacet`` (for pickling).
 
-    Fields: ``model`` (``owner/name``), ``predictionIds`` (the service's ids, in order), ``failed``.
+    Fields: ``model`` (``owner/name``, ``None`` when the task does not know it), ``predictionIds`` (the service's
+    ids, in order), ``failed``.
     """
     import attr
     from openlineage.client.generated.base import RunFacet
@@ -105,7 +108,7 @@ def prediction_facet_class() -> type:
     class CometFluxPredictionRunFacet(RunFacet):
         """The predictions a task ran at CometAPI, and their model."""
 
-        model: str
+        model: str | None = None
         predictionIds: list[str] = attr.field(factory=list)  # OpenLineage facets use camelCase
         failed: bool = False
 

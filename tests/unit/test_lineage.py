@@ -83,6 +83,11 @@ def test_without_an_output_folder_only_the_run_facet():
     assert lineage.run_facets[PREDICTION_FACET].predictionIds == ["p1"]
 
 
+def test_an_unknown_model_is_none_not_an_empty_name():
+    lineage = operator_lineage(model="", prediction_ids=["p1"], output_folders=[])
+    assert lineage.run_facets[PREDICTION_FACET].model is None
+
+
 def test_the_facets_serialize_into_an_openlineage_event():
     from openlineage.client.event_v2 import Job, Run, RunEvent, RunState
     from openlineage.client.serde import Serde
