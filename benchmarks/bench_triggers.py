@@ -43,6 +43,7 @@ import functools
 import gc
 import json
 import os
+import random
 import re
 import statistics
 import subprocess
@@ -67,11 +68,20 @@ from benchmarks.common import (
 )
 
 MODEL = "black-forest-labs/flux-schnell"
+#: ``triggers``: N ``CometFluxPredictionTrigger`` as shipped (through the shared poller); ``watch``: N coroutines
+#: awaiting ``watch_prediction`` directly; ``batch``: one ``CometFluxBatchTrigger``; the baselines poll each
+#: prediction on its own, as every trigger did before the shared poller: ``backoff`` (aiohttp, the hook's own
+#: retries and backoff per trigger) and ``threads`` (``requests`` in a thread pool).
+MODES = ["triggers", "watch", "batch", "backoff", "threads"]
 #: Targets from the performance issue.
 MAX_OVER_FLOOR = 2.0
 MAX_STALL_MS = 100.0
 MIN_CPU_RATIO = 3.0
 MAX_BYTES_PER_PREDICTION = 16 * 1024
+MAX_REFUSED_SHARE = 0.05
+MAX_WALL_OVER_FLOOR = 1.2
+#: Modes measured as baselines, not against the targets.
+BASELINES = {"backoff", "threads"}
 
 
 class LoopMonitor:
@@ -166,23 +176,23 @@ async def create_predictions(base_url: str, count: int) -> tuple[list[str], list
 
 
 def instrument_connection_fetch(timings: list[float]) -> None:
-    """Record how long each connection lookup of the hooks takes (not the reads the loop's cache answers)."""
-    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+    """Record how long each connection lookup takes (not the reads the loop's shared lookup answers)."""
+    from airflow_provider_cometflux.hooks import connection
 
-    original = CometAPIHook._alookup_credentials
+    original = connection._alookup
 
-    async def timed(self: Any) -> Any:
+    async def timed(conn_id: str) -> Any:
         started = time.perf_counter()
         try:
-            return await original(self)
+            return await original(conn_id)
         finally:
             timings.append(time.perf_counter() - started)
 
-    CometAPIHook._alookup_credentials = timed  # type: ignore[method-assign]
+    connection._alookup = timed  # type: ignore[assignment]
 
 
 class ThreadPoolHook:
-    """The baseline's hook: the sync ``requests`` hook, each call pushed to a thread pool."""
+    """The thread-pool baseline's hook: the sync ``requests`` hook, each call pushed to a thread pool."""
 
     def __init__(self, sync_hook: Any, pool: ThreadPoolExecutor) -> None:
         self.sync_hook = sync_hook
@@ -192,57 +202,61 @@ class ThreadPoolHook:
         call = functools.partial(self.sync_hook.get_prediction, prediction_id)
         return await asyncio.get_running_loop().run_in_executor(self.pool, call)
 
-    async def acancel_prediction(self, prediction_id: str) -> dict[str, Any] | None:
-        call = functools.partial(self.sync_hook.cancel_prediction, prediction_id)
-        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
-
     async def aclose(self) -> None:
         return None
 
 
-def thread_pool_trigger_class(threads: int) -> tuple[type, Callable[[], None]]:
-    """A trigger that polls exactly like ``CometFluxPredictionTrigger``, through ``requests`` in threads."""
-    import requests
+async def per_trigger_watch(hook: Any, pid: str, *, poll_interval: float, end_time: float, max_errors: int = 5) -> str:
+    """
+    The baselines' trigger: polls one prediction on its own, as every trigger did before the shared poller.
 
-    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-    from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+    Its hook retries each poll itself (the default policy: 5 retries, honouring ``Retry-After``), each trigger backs
+    off alone, and the first poll is spread over 0.25 s. It returns the event's status.
+    """
+    from airflow_provider_cometflux.exceptions import CometAPIError
+    from airflow_provider_cometflux.models import Prediction
+    from airflow_provider_cometflux.retries import poll_delays
 
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="poll")
-    sync_hook = CometAPIHook()
-    sync_hook.session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=threads))
-    shared = ThreadPoolHook(sync_hook, pool)
-
-    class ThreadPoolPredictionTrigger(CometFluxPredictionTrigger):
-        def _hook(self) -> Any:
-            return shared
-
-    return ThreadPoolPredictionTrigger, lambda: pool.shutdown(wait=False)
+    delays = poll_delays(poll_interval)
+    errors = 0
+    await asyncio.sleep(random.uniform(0, min(0.25, poll_interval)))
+    while True:
+        remaining = end_time - time.time()
+        if remaining <= 0:
+            return "timeout"
+        try:
+            prediction = Prediction(await hook.aget_prediction(pid, timeout=remaining))
+        except CometAPIError as exc:
+            if time.time() >= end_time:
+                continue
+            errors += 1
+            if not exc.transient or errors >= max_errors:
+                return "error"
+        else:
+            errors = 0
+            if prediction.is_terminal:
+                return prediction.status
+        await asyncio.sleep(max(0.0, min(next(delays), end_time - time.time())))
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow_provider_cometflux.hooks import connection as hook_connection
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
     from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 
     loop = asyncio.get_running_loop()
     sim_stats = functools.partial(_sim_stats, args.base_url)
-    import airflow_provider_cometflux.hooks.cometapi as hook_module
-    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-
     # warm up as a running triggerer is: secrets backends and providers discovered, the async client imported
-    await CometAPIHook()._aget_credentials()
-    hook_module._LOOP_CREDENTIALS.clear()  # the measured triggers look the connection up themselves
+    await hook_connection.shared_credentials("cometapi_default")
+    hook_connection._LOOP_CREDENTIALS.clear()  # the measured triggers look the connection up themselves
     ids, sent = await create_predictions(args.base_url, args.n)
     fetches: list[float] = []
     changes = set((args.variant or "").split("+"))
     for change in changes:
         if change.startswith("pool-"):
-            hook_module.ASYNC_POOL_LIMIT = int(change.removeprefix("pool-"))
+            hook_connection.ASYNC_POOL_LIMIT = int(change.removeprefix("pool-"))
     instrument_connection_fetch(fetches)
-    trigger_class: type = CometFluxPredictionTrigger
-    cleanup: Callable[[], None] = lambda: None  # noqa: E731
-    if args.mode == "threads":
-        trigger_class, cleanup = thread_pool_trigger_class(args.threads)
     before = await loop.run_in_executor(None, sim_stats)
-    gets_before = before["gets"]
     gc.collect()
     if changes & {"gc-freeze", "gc-tune"}:
         gc.freeze()
@@ -253,42 +267,73 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     monitor = LoopMonitor()
     monitor.start()
     started = loop.time()
-    end_time = time.time() + args.run_seconds + 300
+    end_time = time.time() + args.run_seconds + 600
     done_at: list[float] = []
     statuses: dict[str, int] = {}
 
+    def done(status: str, at: float | None = None) -> None:
+        done_at.append(loop.time() if at is None else at)
+        statuses[status] = statuses.get(status, 0) + 1
+
     async def run_trigger(trigger: Any) -> None:
         async for event in trigger.run():
-            done_at.append(loop.time())
-            status = event.payload["status"]
-            statuses[status] = statuses.get(status, 0) + 1
+            done(event.payload["status"])
             break
 
+    async def run_watch(pid: str) -> None:
+        from airflow_provider_cometflux.triggers.poller import watch_prediction
+
+        try:
+            prediction = await watch_prediction(
+                "cometapi_default", pid, poll_interval=args.poll_interval, end_time=end_time
+            )
+            done(prediction.status)
+        except Exception as exc:
+            done(type(exc).__name__)
+
+    async def run_per_trigger(hook: Any, pid: str, own_hook: bool) -> None:
+        try:
+            done(await per_trigger_watch(hook, pid, poll_interval=args.poll_interval, end_time=end_time))
+        finally:
+            if own_hook:
+                await hook.aclose()
+
+    cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    shared_hook: Any = None
+    if args.mode == "threads":
+        import requests
+
+        pool = ThreadPoolExecutor(max_workers=args.threads, thread_name_prefix="poll")
+        sync_hook = CometAPIHook()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=args.threads)
+        sync_hook.session.mount("http://", adapter)
+        shared_hook = ThreadPoolHook(sync_hook, pool)
+        cleanup = lambda: pool.shutdown(wait=False)  # noqa: E731
     tasks = []
     if args.mode == "batch":
         from airflow_provider_cometflux.triggers.batch import CometFluxBatchTrigger
 
-        batch = CometFluxBatchTrigger(
-            ids,
-            poll_interval=args.poll_interval,
-            end_time=end_time,
-            polls_per_minute=args.batch_polls_per_minute,
-            max_concurrency=256,
-        )
+        batch = CometFluxBatchTrigger(ids, poll_interval=args.poll_interval, end_time=end_time)
 
         async def run_batch() -> None:
             async for event in batch.run():
                 now = loop.time()
-                for item in event.payload["results"]:
-                    done_at.append(now)
-                    statuses[item["status"]] = statuses.get(item["status"], 0) + 1
+                for item in event.payload.get("results") or [event.payload]:
+                    done(item["status"] if item else "none", now)
                 break
 
         tasks.append(loop.create_task(run_batch()))
         ids = []
     for index, pid in enumerate(ids):  # handed over in batches, as the triggerer does
-        trigger = trigger_class(pid, poll_interval=args.poll_interval, end_time=end_time)
-        tasks.append(loop.create_task(run_trigger(trigger)))
+        if args.mode == "triggers":
+            work = run_trigger(CometFluxPredictionTrigger(pid, poll_interval=args.poll_interval, end_time=end_time))
+        elif args.mode == "watch":
+            work = run_watch(pid)
+        elif args.mode == "backoff":
+            work = run_per_trigger(CometAPIHook(), pid, True)
+        else:
+            work = run_per_trigger(shared_hook, pid, False)
+        tasks.append(loop.create_task(work))
         if index % 100 == 99:
             await asyncio.sleep(0)
     await asyncio.gather(*tasks)
@@ -297,16 +342,20 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     await monitor.stop()
     cleanup()
     after = await loop.run_in_executor(None, sim_stats)
-    gets = after["gets"] - gets_before
-    floor = max(sent) + args.run_seconds - started
+    gets = after["gets"] - before["gets"]
+    refused = after["responses"].get("429", 0) - before["responses"].get("429", 0)
+    done_floor = max(sent) + args.run_seconds - started
+    floor = done_floor + (args.n / args.service_rps if args.service_rps else 0.0)
     wall = finished - started
     return {
         "mode": args.mode,
         "variant": args.variant or "-",
         "n": args.n,
+        "service_rps": args.service_rps,
         "wall_s": wall,
         "floor_s": floor,
         "over_floor_s": wall - floor,
+        "wall_over_floor": wall / floor,
         "cpu_s": cpu,
         "cpu_ms_per_poll": 1000 * cpu / max(1, gets),
         "stall_ms": monitor.worst_ms(),
@@ -317,6 +366,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "bytes_per_prediction": (monitor.peak_rss - rss_before) / args.n,
         "polls_per_prediction": gets / args.n,
         "polls_per_second": gets / wall,
+        "requests": gets,
+        "refused": refused,
+        "refused_share": refused / max(1, gets),
+        "lost": args.n - statuses.get("succeeded", 0),
         "connection_fetches": len(fetches),
         "connection_fetch_total_s": sum(fetches),
         "connection_fetch_worst_ms": 1000 * max(fetches, default=0.0),
@@ -345,6 +398,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_case(base_url: str, args: argparse.Namespace, n: int, mode: str, variant: str | None) -> dict[str, Any]:
+    """One case in a fresh process: ``n`` watchers of ``mode`` (see the module docstring)."""
     command = [
         PYTHON,
         "-m",
@@ -362,8 +416,8 @@ def run_case(base_url: str, args: argparse.Namespace, n: int, mode: str, variant
         str(args.poll_interval),
         "--threads",
         str(args.threads),
-        "--batch-polls-per-minute",
-        str(args.batch_polls_per_minute),
+        "--service-rps",
+        str(args.service_rps or 0),
     ]
     if variant:
         command += ["--variant", variant]
@@ -377,24 +431,19 @@ def run_case(base_url: str, args: argparse.Namespace, n: int, mode: str, variant
 
 
 def report(results: list[dict[str, Any]]) -> None:
-    headers = [
-        "mode",
-        "variant",
-        "N",
-        "wall s",
-        "floor s",
-        "over floor s",
-        "CPU s",
-        "CPU ms/poll",
-        "worst stall ms",
-        "p99 stall ms",
-        "bytes/pred",
-        "polls/pred",
-        "conn fetch s",
-        "polls/s",
-        "full GCs",
-        "worst GC ms",
-    ]
+    unlimited = [r for r in results if not r["service_rps"]]
+    limited = [r for r in results if r["service_rps"]]
+    if unlimited:
+        report_unlimited(unlimited)
+    if limited:
+        print()
+        report_limited(limited)
+
+
+def report_unlimited(results: list[dict[str, Any]]) -> None:
+    headers = ["mode", "variant", "N", "wall s", "floor s", "over floor s", "CPU s", "CPU ms/poll"]
+    headers += ["worst stall ms", "p99 stall ms", "bytes/pred", "polls/pred", "conn fetch s", "polls/s"]
+    headers += ["full GCs", "worst GC ms"]
     rows = [
         [
             r["mode"],
@@ -416,13 +465,13 @@ def report(results: list[dict[str, Any]]) -> None:
         ]
         for r in results
     ]
+    print("# unlimited service")
     print(table(headers, rows))
     print()
     for r in results:
-        if r["mode"] == "threads":
+        if r["mode"] in BASELINES:
             continue
         base = next((b for b in results if b["mode"] == "threads" and b["n"] == r["n"]), None)
-        ratio = base["cpu_s"] / r["cpu_s"] if base else None
         over = r["over_floor_s"]
         checks = [
             f"over floor {over:.2f} s <= {MAX_OVER_FLOOR:g}: {target(over <= MAX_OVER_FLOOR)}",
@@ -430,8 +479,13 @@ def report(results: list[dict[str, Any]]) -> None:
             f"memory {r['bytes_per_prediction'] / 1024:.1f} KB/pred <= 16: "
             f"{target(r['bytes_per_prediction'] <= MAX_BYTES_PER_PREDICTION)}",
         ]
-        if ratio is not None:
-            checks.append(f"CPU {ratio:.1f}x less than threads >= {MIN_CPU_RATIO:g}x: {target(ratio >= MIN_CPU_RATIO)}")
+        if base is not None:
+            per_poll = base["cpu_ms_per_poll"] / max(1e-9, r["cpu_ms_per_poll"])
+            total = base["cpu_s"] / max(1e-9, r["cpu_s"])
+            checks.append(
+                f"CPU per poll {per_poll:.1f}x less than threads (in total {total:.1f}x) >= {MIN_CPU_RATIO:g}x: "
+                f"{target(per_poll >= MIN_CPU_RATIO)}"
+            )
         print(f"targets, N={r['n']} {r['mode']} ({r['variant']}): " + "; ".join(checks))
         print(
             f"  events: {r['statuses']}; connection fetches {r['connection_fetches']}, worst one "
@@ -440,13 +494,62 @@ def report(results: list[dict[str, Any]]) -> None:
         )
 
 
+def report_limited(results: list[dict[str, Any]]) -> None:
+    headers = ["mode", "N", "service rps", "wall s", "floor s", "wall/floor", "lost", "requests", "refused"]
+    headers += ["refused %", "CPU s", "CPU ms/req", "worst stall ms", "p99 stall ms", "bytes/pred"]
+    rows = [
+        [
+            r["mode"],
+            r["n"],
+            r["service_rps"],
+            r["wall_s"],
+            r["floor_s"],
+            r["wall_over_floor"],
+            r["lost"],
+            r["requests"],
+            r["refused"],
+            f"{100 * r['refused_share']:.1f}",
+            r["cpu_s"],
+            r["cpu_ms_per_poll"],
+            r["stall_ms"],
+            r["stall_p99_ms"],
+            int(r["bytes_per_prediction"]),
+        ]
+        for r in results
+    ]
+    print("# rate-limited service: floor = last prediction done + N polls at the service's rate")
+    print(table(headers, rows))
+    print()
+    for r in results:
+        if r["mode"] in BASELINES:
+            continue
+        base = next((b for b in results if b["mode"] == "backoff" and b["n"] == r["n"]), None)
+        checks = [
+            f"lost {r['lost']} = 0: {target(r['lost'] == 0)}",
+            f"refused {100 * r['refused_share']:.1f}% <= {100 * MAX_REFUSED_SHARE:g}%: "
+            f"{target(r['refused_share'] <= MAX_REFUSED_SHARE)}",
+            f"wall {r['wall_over_floor']:.2f}x the floor <= {MAX_WALL_OVER_FLOOR:g}x: "
+            f"{target(r['wall_over_floor'] <= MAX_WALL_OVER_FLOOR)}",
+        ]
+        if base is not None:
+            share = r["cpu_s"] / max(1e-9, base["cpu_s"])
+            checks.append(f"CPU {share:.2f} of the per-trigger backoff baseline's <= 1/3: {target(share <= 1 / 3)}")
+        print(f"targets, N={r['n']} at {r['service_rps']}/s {r['mode']}: " + "; ".join(checks))
+        print(f"  events: {r['statuses']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[1000, 10000], help="triggers in one loop")
-    parser.add_argument("--modes", nargs="+", default=["aiohttp", "threads"], choices=["aiohttp", "threads", "batch"])
+    parser.add_argument("--n", type=int, nargs="*", default=[1000, 10000], help="triggers (unlimited service)")
+    parser.add_argument("--modes", nargs="+", default=["triggers", "threads"], choices=MODES)
     parser.add_argument(
-        "--batch-polls-per-minute", type=float, default=1e7, help="the batch trigger's poll budget (mode batch)"
+        "--limited",
+        nargs="*",
+        default=[],
+        metavar="N:RPS",
+        help="also N triggers against a service allowing RPS status reads per second (429, Retry-After: 1 above)",
     )
+    parser.add_argument("--service-rps", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--run-seconds", type=float, default=20.0, help="how long each prediction takes")
     parser.add_argument("--poll-interval", type=float, default=2.0, help="the triggers' poll_interval")
     parser.add_argument("--threads", type=int, default=32, help="the baseline's thread pool size")
@@ -477,15 +580,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.threads} threads; simulator in its own process on CPU 1, triggers on CPU 0"
     )
     raise_open_files()
+    specs = [(n, 0) for n in args.n]
+    for spec in args.limited:
+        n, _, rps = spec.partition(":")
+        specs.append((int(n), int(rps)))
     results = []
-    with simulator_process("--run-seconds", str(args.run_seconds), "--poll-delay", str(args.poll_delay)) as sim:
-        for n in args.n:
-            cases: list[tuple[str, str | None]] = [(mode, None) for mode in args.modes]
-            cases += [("aiohttp", variant) for variant in args.variant]
-            for mode, variant in cases:
-                sim.reset()
-                print(f"... N={n} {mode} {variant or ''}", file=sys.stderr, flush=True)
-                results.append(run_case(sim.base_url, args, n, mode, variant))
+    for rps in dict.fromkeys(rps for _, rps in specs):
+        limit = ["--status-reads-per-second", str(rps)] if rps else []
+        options = ["--run-seconds", str(args.run_seconds), "--poll-delay", str(args.poll_delay), *limit]
+        with simulator_process(*options) as sim:
+            for n in [n for n, r in specs if r == rps]:
+                cases: list[tuple[str, str | None]] = [(mode, None) for mode in args.modes]
+                cases += [("triggers", variant) for variant in args.variant]
+                for mode, variant in cases:
+                    sim.reset()
+                    print(f"... N={n} rps={rps or '-'} {mode} {variant or ''}", file=sys.stderr, flush=True)
+                    args.service_rps = rps
+                    results.append(run_case(sim.base_url, args, n, mode, variant))
     report(results)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -172,7 +172,7 @@ def simulator_process(*args: str, cpu: int | None = 1, fast_loop: bool = True) -
         "    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())\n"
         "except (AssertionError, ImportError):\n"
         "    pass\n"
-        "from airflow_provider_cometflux.testing.simulator import main\n"
+        "from benchmarks.limited_service import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     command = [PYTHON, "-W", "ignore", "-c", code, "--host", LOOPBACK, "--port", "0", "--backlog", "16384", *args]

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: The longest one status request may take (CometAPI's GET can take tens of seconds; a slow poll is normal).
 POLL_REQUEST_TIMEOUT = 90.0
+#: Requests a new poller sends before its first answers (see :attr:`SharedPoller.window`).
+INITIAL_WINDOW = 16
 #: The first polls of watchers registered together are spread over up to this many seconds.
 FIRST_POLL_SPREAD = 0.25
 #: The pause after a 429 without a ``Retry-After``, doubled for each such pause in a row (up to the longest).
@@ -273,6 +275,9 @@ class SharedPoller:
         self.cometapi_conn_id = cometapi_conn_id
         self.loop = loop
         self.max_in_flight = max_in_flight or connection.ASYNC_POOL_LIMIT
+        #: requests in flight allowed now: grows by one per answer up to ``max_in_flight``, halves on a 429, so an
+        #: unknown service is not sent the whole pool's worth of requests before its first answer
+        self.window = min(INITIAL_WINDOW, self.max_in_flight)
         self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=RetryPolicy(max_retries=0))
         self.budget = RequestBudget()
         self.entries: dict[str, _Entry] = {}
@@ -447,7 +452,7 @@ class SharedPoller:
             if due > now:
                 await self._sleep(due - now)
                 continue
-            if self._in_flight >= self.max_in_flight:
+            if self._in_flight >= self.window:
                 await self._sleep(None)
                 continue
             wait = budget.wait(now)
@@ -503,11 +508,15 @@ class SharedPoller:
         now = self.loop.time()
         live = self.entries.get(entry.pid) is entry
         if isinstance(result, CometAPIError) and result.http_status == 429:
+            if epoch == self.budget.epoch:
+                self.window = max(INITIAL_WINDOW, self.window // 2)
             self.budget.refused(now, started, epoch, result.retry_after)
             if live:
                 entry.error = result
                 self._schedule(entry, entry.due)  # first in line again once the pause is over
             return
+        if self.window < self.max_in_flight:
+            self.window += 1
         if isinstance(result, Prediction):
             self.budget.answered(now, started)
             if not live:
