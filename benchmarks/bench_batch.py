@@ -11,8 +11,9 @@ minutes, and its prediction then takes ``--run-seconds``. Reported per way of ru
   wrong prompt (every prompt's images must come from the prediction created for that very prompt);
 * worker-slot seconds (as in benchmark c) and requests per image.
 
-Ways of running it: ``deferred`` (the default operator: a trigger creates and watches), ``create_in_worker``
-(creates from the worker, then the trigger watches) and ``inline`` (``deferrable=False``).
+Ways of running it: ``deferred`` (``deferrable=True``: the worker creates every prediction, then one trigger holding
+the ids only watches them through the triggerer's shared poller) and ``inline`` (``deferrable=False``: the worker
+creates and watches).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from benchmarks.common import connection_env, print_machine, simulator_process, 
 
 MODES: dict[str, str] = {
     "deferred": "deferrable=True",
-    "create_in_worker": "deferrable=True, create_in_worker=True",
     "inline": "deferrable=False",
 }
 #: The target: within 10% of the rate-limit floor, no image lost.
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None, help="the operator's creates_per_minute (default: limit)")
     parser.add_argument("--run-seconds", type=float, default=5.0, help="how long each prediction takes")
     parser.add_argument("--outputs", type=int, default=1, help="num_outputs per prompt")
-    parser.add_argument("--modes", nargs="+", default=["deferred", "create_in_worker"], choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     args = parser.parse_args(argv)
     rate = args.rate or args.limit
     print_machine()
