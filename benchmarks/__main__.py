@@ -19,9 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     extra = ["--extra-path", args.extra_path] if args.extra_path else []
     print("\n## (a) triggers in one event loop\n", flush=True)
     if args.quick:
-        bench_triggers.main(["--n", "1000", "--run-seconds", "10", "--modes", "aiohttp", "threads", "batch"])
+        bench_triggers.main(["--n", "1000", "--run-seconds", "10", "--modes", "triggers", "threads", "batch"])
+        bench_triggers.main(["--n", "--run-seconds", "10", "--modes", "triggers", "backoff", "--limited", "1000:50"])
     else:
-        bench_triggers.main(["--modes", "aiohttp", "threads", "batch", "--variant", "gc-tune"])
+        bench_triggers.main(["--modes", "triggers", "threads", "batch", "--variant", "gc-tune"])
+        limited = ["--limited", "1000:50", "5000:200"]
+        bench_triggers.main(["--n", "--run-seconds", "10", "--modes", "triggers", "backoff", *limited])
     print("\n## (b) import time\n", flush=True)
     bench_import.main([*extra, "--repeat", "3" if args.quick else "7"])
     print("\n## (c) worker-slot seconds and requests per prediction\n", flush=True)

@@ -1,25 +1,33 @@
 """
-Benchmark (a): N deferred predictions polled from one event loop, as one triggerer process runs them.
+Benchmark (a): N deferred predictions watched from one event loop, as one triggerer process runs them.
 
 For each case a fresh process (pinned to CPU 0) creates N predictions on the simulator (its own process, pinned to
-CPU 1, so that the service's CPU is not counted), then runs N ``CometFluxPredictionTrigger`` in one asyncio loop
-until every one has fired, and reports:
+CPU 1, so that the service's CPU is not counted), then watches them in one asyncio loop until every one has its
+event, and reports:
 
-* wall time from the triggers' start to the last event, against the floor: the moment the last prediction is done
-  (its create was sent ``run-seconds`` earlier), so ``over floor`` is the extra time the polling cost;
-* CPU seconds of the process (all threads), and CPU per poll;
+* wall time from the watchers' start to the last event, against the floor: the moment the last prediction is done
+  (its create was sent ``run-seconds`` earlier), plus, against a rate-limited service, one poll per prediction at
+  the service's rate; ``over floor`` is the extra time the polling cost;
+* CPU seconds of the process (all threads), and CPU per status request;
 * the worst event-loop stall (how late a 5 ms timer fired) and its 99th percentile;
 * memory per in-flight prediction: peak RSS growth divided by N;
-* status polls (GETs) per prediction, as the simulator counted them;
-* the time spent fetching the connection (``BaseHook.aget_connection``), total and worst single fetch.
+* status requests (GETs) per prediction, as the simulator counted them, and how many it refused (429);
+* the time spent fetching the connection, total and worst single fetch.
 
-The baseline runs the very same trigger code, with each poll made by ``requests`` in a thread pool
-(``--threads`` workers sharing one keep-alive session) instead of the shared aiohttp pool.
+Modes (``--modes``):
 
-Mode ``batch`` watches the same N predictions from one ``CometFluxBatchTrigger`` instead of N triggers (with
-``--batch-polls-per-minute``, effectively unlimited by default so that only the schedule differs).
+* ``triggers``: N ``CometFluxPredictionTrigger`` as shipped, so through the event loop's shared poller;
+* ``watch``: N coroutines awaiting ``watch_prediction`` directly, as the triggers do;
+* ``batch``: one ``CometFluxBatchTrigger`` watching the N predictions;
+* baseline ``backoff``: N per-trigger polling loops, as every trigger ran before the shared poller: each polls on
+  its own through aiohttp, its hook retrying (5 retries, honouring ``Retry-After``) and backing off alone;
+* baseline ``threads``: the same per-trigger loops, each poll made by ``requests`` in a thread pool (``--threads``
+  workers sharing one keep-alive session) instead of aiohttp.
 
-``--variant`` also measures changes to the triggerer process (join several with ``+``):
+``--limited N:RPS`` runs N watchers against a service that allows RPS status reads per second and answers 429 with
+``Retry-After: 1`` above it (``benchmarks/limited_service.py``).
+
+``--variant`` also measures changes to the triggerer process (join several with ``+``), in mode ``triggers``:
 
 * ``gc-freeze``: the triggerer freezes its start-up heap (``gc.freeze()``), so full garbage collections no longer
   walk the hundreds of thousands of objects Airflow itself loaded;
@@ -31,8 +39,8 @@ Mode ``batch`` watches the same N predictions from one ``CometFluxBatchTrigger``
 
 Run::
 
-    python -m benchmarks.bench_triggers                 # N = 1,000 and 10,000, both modes
-    python -m benchmarks.bench_triggers --n 1000 --modes aiohttp
+    python -m benchmarks.bench_triggers                       # N = 1,000 and 10,000: triggers and threads
+    python -m benchmarks.bench_triggers --n --run-seconds 10 --modes triggers backoff --limited 1000:50 5000:200
 """
 
 from __future__ import annotations
