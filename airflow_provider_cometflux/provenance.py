@@ -33,6 +33,19 @@ MANIFEST_NAME = "manifest.jsonl"
 #: Status of a manifest line whose prompt produced images.
 SUCCEEDED = "succeeded"
 
+#: Parts of key names whose values are never written (as Airflow's secrets masker hides them).
+_SENSITIVE_NAMES = (
+    "access_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "passphrase",
+    "passwd",
+    "password",
+    "private_key",
+    "secret",
+    "token",
+)
 _PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
 
 
@@ -418,14 +431,24 @@ def _scrub(value: Any) -> Any:
 def _redact(value: dict[str, Any]) -> dict[str, Any]:
     """Airflow's own secret masking: registered secrets and values under sensitive names become ``***``."""
     try:
-        from airflow.sdk._shared.secrets_masker import redact
-    except ImportError:  # Airflow 3.0/3.1
         try:
+            from airflow.sdk._shared.secrets_masker import redact
+        except ImportError:  # Airflow 3.0/3.1
             from airflow.sdk.execution_time.secrets_masker import redact  # type: ignore[no-redef]
-        except ImportError:
-            return value
-    redacted = redact(value)
-    return dict(redacted) if isinstance(redacted, Mapping) else value
+        redacted = redact(value)
+    except (ImportError, RuntimeError):  # no masker (logging not set up): at least the sensitive names
+        return _redact_names(value)
+    return dict(redacted) if isinstance(redacted, Mapping) else _redact_names(value)
+
+
+def _redact_names(value: Any, name: str = "") -> Any:
+    if name and any(word in name.lower() for word in _SENSITIVE_NAMES):
+        return "***"
+    if isinstance(value, Mapping):
+        return {key: _redact_names(item, str(key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_redact_names(item) for item in value]
+    return value
 
 
 def _without_query(url: Any) -> str | None:

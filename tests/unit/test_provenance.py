@@ -112,6 +112,21 @@ def test_sidecar_never_holds_a_data_uri_or_a_secret(tmp_path):
     assert record["input"]["prompt"] == "a fox, key ***"
 
 
+def test_without_a_secrets_masker_sensitive_names_are_still_hidden(monkeypatch):
+    from airflow.sdk._shared import secrets_masker
+
+    calls = []
+
+    def no_masker(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("Logging Configuration Error! No SecretsMasker found!")
+
+    monkeypatch.setattr(secrets_masker, "redact", no_masker)
+    record = sidecar_record(prediction(input={"prompt": "a fox", "extra": {"api_key": "k-123"}, "seed": 1}), [])
+    assert calls  # the masker was asked, and failed
+    assert record["input"] == {"prompt": "a fox", "extra": {"api_key": "***"}, "seed": 1}
+
+
 @pytest.mark.parametrize("as_uri", [True, False])
 def test_write_sidecar_names_it_after_the_prediction_and_replaces_it_on_retry(tmp_path, as_uri):
     folder = tmp_path / "images"
