@@ -8,8 +8,9 @@ the status requests for all of them:
 * **one request budget per connection** (:class:`RequestBudget`): a 429 pauses every request of the connection
   for its ``Retry-After``; the rate then adapts, cut on a refusal to what the service was seen to accept, probed
   back up while answers come fast and the budget is what holds polls back. With no ceiling on the connection it
-  starts unlimited (bounded only by the in-flight cap, the shared HTTP pool's size) until the first 429; the
-  connection's ``requests_per_minute`` extra is a ceiling it never passes;
+  starts unlimited until the first 429, bounded only by the requests it keeps in flight (a window opening by one
+  per answer up to the shared HTTP pool's size); the connection's ``requests_per_minute`` extra is a ceiling it
+  never passes;
 * **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
   a prediction is seen done soon after it ends, and each prediction's own delays come from
   :func:`~airflow_provider_cometflux.retries.poll_delays` (quick first, then every ``poll_interval``);
