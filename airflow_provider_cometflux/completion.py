@@ -222,7 +222,9 @@ def complete_batch(
     ti.xcom_push(key=XCOM_FAILURES, value=failed)
     if outputs.stored:
         ti.xcom_push(key=XCOM_IMAGES, value=[finished[i].images if i in finished else [] for i in range(len(prompts))])
-        _write_manifest(outputs, prompts, finished, failures)
+        map_index = getattr(ti, "map_index", -1)
+        name = "manifest.jsonl" if map_index is None or map_index < 0 else f"manifest-{map_index}.jsonl"
+        _write_manifest(outputs, prompts, finished, failures, name)
         flat = [uri for uris in results for uri in uris]
         ids = [finished[i].prediction_id for i in sorted(finished)]
         describe_outlets(context, {"images": flat, "prediction_ids": ids})
@@ -242,7 +244,11 @@ def complete_batch(
 
 
 def _write_manifest(
-    outputs: Outputs, prompts: Sequence[str], finished: Mapping[int, Finished], failures: Mapping[int, dict[str, Any]]
+    outputs: Outputs,
+    prompts: Sequence[str],
+    finished: Mapping[int, Finished],
+    failures: Mapping[int, dict[str, Any]],
+    name: str,
 ) -> None:
     from airflow_provider_cometflux.provenance import manifest_row, write_manifest
 
@@ -258,7 +264,7 @@ def _write_manifest(
                 sidecar_uri=None if done is None else done.sidecar,
             )
         )
-    write_manifest(outputs.output_path, rows)  # type: ignore[arg-type]
+    write_manifest(outputs.output_path, rows, name=name)  # type: ignore[arg-type]
 
 
 def _sidecar_content(done: Finished) -> dict[str, Any]:

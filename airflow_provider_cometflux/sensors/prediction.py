@@ -127,4 +127,7 @@ class CometFluxPredictionSensor(CometFluxFace, BaseSensorOperator):
             raise AirflowSensorTimeout(f"{exc.message}; cancelled (best effort).") from exc
 
     def _complete(self, context: Context, event: dict[str, Any] | None) -> list[str]:
+        summary = event.get("prediction") if isinstance(event, dict) else None
+        if isinstance(summary, dict) and summary.get("model"):
+            self.model = str(summary["model"])  # for lineage: the sensor is not told the model
         return complete_one(context, event, hook=self.hook, outputs=self._outputs(), request_input=None)

@@ -179,3 +179,15 @@ def test_ids_are_saved_while_creating(cometapi_connection):
     batch_operator(prompts=[f"kite {i}" for i in range(5)], creates_per_minute=6000).execute(context(store))
     assert store.writes >= 5  # each id as soon as it is created (and once more at the end)
     assert all(store.values["cometflux_batch"]["prediction_ids"])
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_a_mapped_batch_keeps_a_manifest_of_its_own(cometapi_connection, tmp_path):
+    from airflow_provider_cometflux.provenance import load_manifest
+
+    ctx = context()
+    ctx["ti"].map_index = 2
+    batch_operator(prompts=["a", "b"], output_path=str(tmp_path)).execute(ctx)
+    assert not (tmp_path / "manifest.jsonl").exists()
+    rows = load_manifest(str(tmp_path / "manifest-2.jsonl"))
+    assert [row.prompt for row in rows] == ["a", "b"]
