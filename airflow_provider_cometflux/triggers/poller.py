@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 
 #: The longest one status request may take (CometAPI's GET can take tens of seconds; a slow poll is normal).
 POLL_REQUEST_TIMEOUT = 90.0
+#: Polls due this close together (seconds) start in one wake-up of the dispatcher.
+COALESCE = 0.005
 #: Requests a new poller sends before its first answers (see :attr:`SharedPoller.window`).
 INITIAL_WINDOW = 16
 #: The first polls of watchers registered together are spread over up to this many seconds.
@@ -450,7 +452,7 @@ class SharedPoller:
                 continue
             now = loop.time()
             due = heap[0][0]
-            if due > now:
+            if due > now + COALESCE:  # polls due within a few ms go together: one wake-up, not one each
                 await self._sleep(due - now)
                 continue
             if self._in_flight >= self.window:
