@@ -154,6 +154,7 @@ class Redis:
 
     component: Component
     port: int
+    workdir: Path
 
     @property
     def url(self) -> str:
@@ -195,7 +196,9 @@ class Redis:
         return values
 
     def stop(self) -> list[str]:
-        return self.component.stop()
+        left = self.component.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return left
 
 
 def start_redis(logs: Path) -> Redis:
@@ -206,7 +209,7 @@ def start_redis(logs: Path) -> Redis:
     workdir = Path(tempfile.mkdtemp(prefix="cometflux-redis-"))
     args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     component = Component("redis", [*args, "--dir", str(workdir)], None, logs)
-    server = Redis(component, port)
+    server = Redis(component, port, workdir)
 
     def ready() -> bool:
         try:

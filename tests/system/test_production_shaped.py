@@ -223,6 +223,7 @@ def test_user_kill_cancels_and_a_triggerer_stall_does_not(deployment: Deployment
         )
     finally:
         victim.signal(signal.SIGCONT)
+        stopped_for = time.monotonic() - stopped_at
     time.sleep(10)  # awake: it sees its triggers gone and drops them; a cancel, if any, would be sent now
     wait_for(
         "the stalled run to succeed",
@@ -238,7 +239,11 @@ def test_user_kill_cancels_and_a_triggerer_stall_does_not(deployment: Deployment
         {
             "stall: held by the stalled triggerer": holding[victim_name],
             "stall: moved after (s)": round(moved, 1),
-            "stall: stopped for (s)": round(time.monotonic() - stopped_at, 1),
+            "stall: stopped for (s)": round(stopped_for, 1),
+            "stall: trigger logs saying 'moved to another triggerer'": sum(
+                path.read_text(errors="replace").count("moved to another triggerer")
+                for path in (system.home / "logs" / "dag_id=system_stall").rglob("*.log.trigger.*")
+            ),
             "stall: stalled triggerer afterwards": "running" if victim.alive() else f"exited {victim.proc.returncode}",
             "stall: cancels": sim.stats()["cancels"] - cancels_before,
             "stall: creates": sum(stall_creates.values()),
