@@ -18,8 +18,9 @@ AIRFLOW_3.0 ?= 3.0.6
 AIRFLOW_3.1 ?= 3.1.8
 AIRFLOW_3.2 ?= 3.2.2
 MATRIX := 3.0 3.1 3.2
-# Airflow 3.0 declares open-ended ranges whose later releases broke it: the pins of its own constraints file.
+# Airflow 3.0 and 3.2 declare open-ended ranges whose later releases broke them: pins (see each file's comment).
 CONSTRAINTS_3.0 := .ci/constraints-airflow-3.0.txt
+CONSTRAINTS_3.2 := .ci/constraints-airflow-3.2.txt
 # wtforms: Airflow 3.0 and 3.1 build connection forms from the hook only when it is installed (the FAB provider
 # brings it); with it the suite checks the form those releases show.
 EXTRA_3.0 := wtforms
