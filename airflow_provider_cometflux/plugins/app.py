@@ -1,0 +1,293 @@
+"""The FastAPI app the API server mounts at :data:`~airflow_provider_cometflux.plugins.URL_PREFIX`.
+
+Routes (every one behind Airflow's own ``requires_access_dag``: a user the auth manager authenticated, who may
+read the DAG's XComs; 401/403 otherwise, before anything is read):
+
+- ``GET /ti/{dag_id}/{run_id}/{task_id}?map_index=N``: the Images view of one task instance (no usable
+  ``map_index``, as the UI sends for an unmapped task: every map index of the task).
+- ``GET /run/{dag_id}/{run_id}``: the gallery of a DAG run, every task instance that recorded images.
+- ``GET /image/{dag_id}/{run_id}/{task_id}/{map_index}/{index}``: the bytes of one stored image, streamed from
+  where the task stored it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+
+from airflow_provider_cometflux.plugins.records import (
+    Card,
+    TaskImages,
+    load_task_images,
+    stored_image_path,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024
+#: Pages may show their own images and delivery images; they run no script and cannot be framed elsewhere.
+PAGE_CSP = "default-src 'none'; img-src 'self' http: https:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+IMAGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, max-age=300",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
+
+_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>
+:root { color-scheme: light dark; --muted: #6b7280; --line: rgba(127,127,127,.25); --card: rgba(127,127,127,.06); }
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 16px; }
+h1 { font-size: 18px; margin: 0 0 4px; } .sub { color: var(--muted); margin: 0 0 16px; }
+a { color: #2563eb; } .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 16px; }
+.card { border: 1px solid var(--line); border-radius: 10px; background: var(--card); overflow: hidden; }
+.pics { display: flex; flex-wrap: wrap; gap: 4px; background: rgba(127,127,127,.12); }
+.pics img { display: block; width: 100%; height: auto; }
+.pics.multi img { width: calc(50% - 2px); }
+.note { padding: 28px 12px; text-align: center; color: var(--muted); width: 100%; }
+.body { padding: 10px 12px 12px; } .prompt { font-weight: 600; margin: 0 0 8px; word-break: break-word; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 2px 10px; margin: 0; font-size: 12px; }
+dt { color: var(--muted); } dd { margin: 0; word-break: break-all; }
+.status { display: inline-block; padding: 0 6px; border-radius: 8px; font-size: 12px; background: var(--line); }
+.status.succeeded { background: #16a34a33; } .status.failed, .status.canceled, .status.aborted,
+.status.not_created, .status.timeout, .status.error { background: #dc262633; }
+.error { color: #dc2626; margin: 6px 0 8px; white-space: pre-wrap; word-break: break-word; }
+.empty { color: var(--muted); }
+</style></head>
+<body>
+<h1>{{ title }}</h1>
+<p class="sub">{{ subtitle }}{% if other_href %} · <a href="{{ other_href }}" target="_top">{{ other_label }}</a>
+{% endif %}</p>
+{% if not cards %}<p class="empty">{{ empty }}</p>{% endif %}
+<div class="grid">
+{% for c in cards %}
+<div class="card" data-prediction-id="{{ c.prediction_id }}">
+  <div class="pics{% if c.pictures|length > 1 %} multi{% endif %}">
+  {% for p in c.pictures %}
+    {% if p.kind == "stored" %}<img src="{{ p.src }}" alt="{{ c.prompt }}" loading="lazy">
+    {% elif p.kind == "delivery" %}<img src="{{ p.url }}" alt="{{ c.prompt }}" loading="lazy"
+      referrerpolicy="no-referrer">
+    {% elif p.kind == "expired" %}<div class="note">The delivery URL has expired (the service deletes outputs an hour
+      after the prediction). Set <code>output_path</code> to keep copies.</div>
+    {% else %}<div class="note">This image was not recorded where it can be read.</div>{% endif %}
+  {% else %}<div class="note">No image.</div>
+  {% endfor %}
+  </div>
+  <div class="body">
+    <p class="prompt">{{ c.prompt or "(prompt not recorded)" }}</p>
+    {% if c.error %}<p class="error">{{ c.error }}</p>{% endif %}
+    <dl>
+      <dt>status</dt><dd><span class="status {{ c.status }}">{{ c.status or "unknown" }}</span></dd>
+      {% if show_task %}<dt>task</dt><dd><a href="{{ c.ti_href }}">{{ c.task_label }}</a></dd>{% endif %}
+      {% if c.prompt_index is not none %}<dt>prompt #</dt><dd>{{ c.prompt_index }}</dd>{% endif %}
+      {% if c.model %}<dt>model</dt><dd>{{ c.model }}</dd>{% endif %}
+      {% if c.aspect_ratio %}<dt>aspect ratio</dt><dd>{{ c.aspect_ratio }}</dd>{% endif %}
+      {% if c.seed %}<dt>seed</dt><dd>{{ c.seed }}</dd>{% endif %}
+      {% if c.output_format %}<dt>format</dt><dd>{{ c.output_format }}</dd>{% endif %}
+      {% if c.predict_time is not none %}<dt>prediction time</dt><dd>{{ "%.2f"|format(c.predict_time) }} s</dd>
+      {% endif %}
+      {% if c.prediction_id %}<dt>prediction</dt><dd>{{ c.prediction_id }}</dd>{% endif %}
+      {% for p in c.pictures %}{% if p.sha256 %}<dt>sha256{% if c.pictures|length > 1 %} #{{ loop.index0 }}
+      {% endif %}</dt><dd>{{ p.sha256 }}</dd>{% endif %}{% endfor %}
+    </dl>
+  </div>
+</div>
+{% endfor %}
+</div>
+</body></html>
+"""
+
+
+def _template() -> Any:
+    from jinja2 import Environment
+
+    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(_TEMPLATE)
+
+
+def _parse_map_index(value: str | None) -> int | None:
+    """The UI leaves ``{MAP_INDEX}`` unfilled for an unmapped task: anything but an integer means "every index"."""
+    try:
+        number = int(value) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number >= -1 else None
+
+
+def _card_view(request: Request, dag_id: str, run_id: str, item: TaskImages, card: Card) -> dict[str, Any]:
+    label = item.task_id if item.map_index < 0 else f"{item.task_id} [{item.map_index}]"
+    pictures = []
+    for picture in card.pictures:
+        src = ""
+        if picture.kind == "stored":
+            src = request.url_for(
+                "image",
+                dag_id=dag_id,
+                run_id=run_id,
+                task_id=item.task_id,
+                map_index=str(item.map_index),
+                index=str(picture.index),
+            ).path
+        pictures.append({"kind": picture.kind, "src": src, "url": picture.url, "sha256": picture.sha256})
+    ti_href = request.url_for("task_images", dag_id=dag_id, run_id=run_id, task_id=item.task_id).include_query_params(
+        map_index=item.map_index
+    )
+    return {
+        "prompt": card.prompt,
+        "error": card.error,
+        "status": card.status,
+        "model": card.model,
+        "aspect_ratio": card.aspect_ratio,
+        "seed": card.seed,
+        "output_format": card.output_format,
+        "predict_time": card.predict_time,
+        "prediction_id": card.prediction_id,
+        "prompt_index": card.prompt_index,
+        "pictures": pictures,
+        "task_label": label,
+        "ti_href": f"{ti_href.path}?{ti_href.query}",
+    }
+
+
+def _page(request: Request, *, dag_id: str, run_id: str, items: list[TaskImages], **texts: Any) -> HTMLResponse:
+    cards = [_card_view(request, dag_id, run_id, item, card) for item in items for card in item.cards]
+    body = _template().render(cards=cards, **texts)
+    return HTMLResponse(body, headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"})
+
+
+def _session() -> Iterator[Session]:
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        yield session
+
+
+def task_images_source(session: Annotated[Any, Depends(_session)]) -> Any:
+    """
+    The reader of task records (a FastAPI dependency, so a test can serve known records).
+
+    :return: a callable ``(dag_id, run_id, *, task_id=None, map_index=None) -> list[TaskImages]``.
+    """
+
+    def read(dag_id: str, run_id: str, *, task_id: str | None = None, map_index: int | None = None) -> Any:
+        return load_task_images(session, dag_id, run_id, task_id=task_id, map_index=map_index)
+
+    return read
+
+
+def _no_wildcard(dag_id: str) -> None:
+    # Airflow's "~" means "any DAG" in its own routes; here a DAG is always named
+    if dag_id == "~":
+        raise HTTPException(404, "Name a DAG.")
+
+
+DagId = Annotated[str, Path(min_length=1, max_length=250)]
+RunId = Annotated[str, Path(min_length=1, max_length=250)]
+TaskId = Annotated[str, Path(min_length=1, max_length=250)]
+Source = Annotated[Any, Depends(task_images_source)]
+
+
+def create_app() -> FastAPI:
+    """:return: the plugin's FastAPI app, every route requiring DAG read access through Airflow's auth manager."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    router = APIRouter(dependencies=[Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.XCOM))])
+
+    @router.get("/ti/{dag_id}/{run_id}/{task_id}", name="task_images", response_class=HTMLResponse)
+    def task_images_page(
+        request: Request,
+        dag_id: DagId,
+        run_id: RunId,
+        task_id: TaskId,
+        source: Source,
+        map_index: Annotated[str | None, Query(max_length=20)] = None,
+    ) -> HTMLResponse:
+        """The Images view of one task instance."""
+        _no_wildcard(dag_id)
+        index = _parse_map_index(map_index)
+        items = source(dag_id, run_id, task_id=task_id, map_index=index)
+        label = task_id if index is None or index < 0 else f"{task_id} [{index}]"
+        gallery = request.url_for("run_gallery", dag_id=dag_id, run_id=run_id).path
+        return _page(
+            request,
+            dag_id=dag_id,
+            run_id=run_id,
+            items=items,
+            title=f"Images of {label}",
+            subtitle=f"{dag_id} · {run_id}",
+            other_href=gallery,
+            other_label="all images of this run",
+            empty="This task instance recorded no CometFlux images.",
+            show_task=len(items) > 1,
+        )
+
+    @router.get("/run/{dag_id}/{run_id}", name="run_gallery", response_class=HTMLResponse)
+    def run_gallery_page(request: Request, dag_id: DagId, run_id: RunId, source: Source) -> HTMLResponse:
+        """The gallery of a DAG run: every task instance, map index and prompt, in order."""
+        _no_wildcard(dag_id)
+        items = source(dag_id, run_id)
+        count = sum(len(card.pictures) for item in items for card in item.cards)
+        return _page(
+            request,
+            dag_id=dag_id,
+            run_id=run_id,
+            items=items,
+            title=f"Image gallery of {dag_id}",
+            subtitle=f"{run_id} · {count} image{'s' if count != 1 else ''}",
+            other_href="",
+            other_label="",
+            empty="No task of this run recorded CometFlux images.",
+            show_task=True,
+        )
+
+    @router.get("/image/{dag_id}/{run_id}/{task_id}/{map_index}/{index}", name="image")
+    def image(
+        dag_id: DagId,
+        run_id: RunId,
+        task_id: TaskId,
+        map_index: Annotated[int, Path(ge=-1)],
+        index: Annotated[int, Path(ge=0)],
+        source: Source,
+    ) -> StreamingResponse:
+        """The bytes of one stored image, streamed from where the task stored it."""
+        _no_wildcard(dag_id)
+        items = source(dag_id, run_id, task_id=task_id, map_index=map_index)
+        found = items[0].picture(index) if items else None
+        if found is None or found[1].kind != "stored":
+            raise HTTPException(404, "No stored image there.")
+        card, picture = found
+        where = f"{dag_id}/{run_id}/{task_id}[{map_index}] #{index}"
+        try:
+            path, content_type = stored_image_path(card, picture)
+            size = path.stat().st_size if path.is_file() else None
+        except LookupError as exc:
+            log.warning("Refusing the recorded URI of %s: %s", where, exc)
+            raise HTTPException(404, "No stored image there.") from None
+        except Exception as exc:
+            log.warning("Cannot read the stored image of %s: %s", where, exc)
+            raise HTTPException(404, "The stored image cannot be read.") from None
+        if size is None:
+            raise HTTPException(404, "The stored image is gone.")
+        if picture.size is not None and picture.size != size:
+            raise HTTPException(409, "The stored image has changed since the task stored it.")
+
+        def chunks() -> Iterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := f.read(CHUNK_SIZE):
+                    yield chunk
+
+        headers = {**IMAGE_HEADERS, "Content-Length": str(size)}
+        return StreamingResponse(chunks(), media_type=content_type, headers=headers)
+
+    app = FastAPI(title="CometFlux images", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(router)
+    return app

@@ -1,0 +1,347 @@
+"""What a task of this provider recorded, read back for the UI: one :class:`Card` per prediction, in order.
+
+Only XComs the tasks pushed are read (``prediction``, ``predictions``, ``images``, ``failures``, ``prediction_ids``,
+``prediction_id``, ``return_value``); nothing here calls CometAPI. Older runs lack some of them (``input`` inside
+``prediction``, the batch's ``predictions``): a card then shows what the others give.
+
+An image is addressed by its task instance and its position among the task instance's pictures
+(:attr:`Picture.index`), never by a path or URL from a request. :func:`stored_image_path` checks the URI the task
+recorded before anything is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+    from sqlalchemy.orm import Session
+
+#: The XCom keys the view reads.
+KEYS = ("prediction", "predictions", "images", "failures", "prediction_ids", "prediction_id", "return_value")
+#: The keys that mark a task instance as one of this provider's (``return_value`` alone says nothing).
+OWN_KEYS = frozenset(KEYS) - {"return_value"}
+#: How long a delivery URL lives after its prediction completed (the service deletes outputs after an hour).
+DELIVERY_LIFETIME = timedelta(hours=1)
+#: Stored file extension -> Content-Type; nothing else is ever served.
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
+#: How storage names a stored image: ``<prediction id>-<index>.<ext>``.
+_STORED_NAME = re.compile(r"^(?P<pid>[A-Za-z0-9_-]+)-(?P<n>\d+)\.(?P<ext>png|jpg|webp)$")
+
+
+@dataclass
+class Picture:
+    """
+    One output image of a prediction.
+
+    :param index: its position among the task instance's pictures (what the image route addresses).
+    :param kind: ``stored`` (served by the plugin), ``delivery`` (a live delivery URL), ``expired`` (a delivery URL
+        past its lifetime) or ``missing`` (a recorded image without a usable location).
+    :param uri: the stored URI, kept server-side only.
+    :param url: the delivery URL (shown only while alive).
+    """
+
+    index: int
+    kind: str
+    uri: str = ""
+    url: str = ""
+    sha256: str = ""
+    size: int | None = None
+    content_type: str = ""
+
+
+@dataclass
+class Card:
+    """One prediction of a task instance (a single task has one, a batch one per prompt)."""
+
+    task_id: str
+    map_index: int
+    prompt_index: int | None
+    prompt: str = ""
+    model: str = ""
+    aspect_ratio: str = ""
+    seed: str = ""
+    output_format: str = ""
+    status: str = ""
+    predict_time: float | None = None
+    prediction_id: str = ""
+    error: str = ""
+    completed_at: str = ""
+    pictures: list[Picture] = field(default_factory=list)
+
+
+@dataclass
+class TaskImages:
+    """Everything one task instance recorded, as cards."""
+
+    task_id: str
+    map_index: int
+    state: str
+    cards: list[Card]
+
+    def picture(self, index: int) -> tuple[Card, Picture] | None:
+        """:return: the picture at ``index`` and its card, or ``None``."""
+        for card in self.cards:
+            for picture in card.pictures:
+                if picture.index == index:
+                    return card, picture
+        return None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _as_map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def delivery_alive(prediction: Mapping[str, Any], recorded_at: datetime | None, now: datetime) -> bool:
+    """
+    :param prediction: the recorded prediction (its ``completed_at``, ``data_removed``).
+    :param recorded_at: when the XCom was written, used when the prediction has no ``completed_at``.
+    :param now: the current time.
+    :return: whether its delivery URLs are still served.
+    """
+    if prediction.get("data_removed"):
+        return False
+    completed = _parse_time(prediction.get("completed_at")) or recorded_at
+    if completed is None:
+        return False
+    return now < completed + DELIVERY_LIFETIME
+
+
+def _is_web_url(url: Any) -> bool:
+    if not isinstance(url, str):
+        return False
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _fill(card: Card, prediction: Mapping[str, Any] | None) -> None:
+    if not isinstance(prediction, Mapping):
+        return
+    inputs = _as_map(prediction.get("input"))
+    metrics = _as_map(prediction.get("metrics"))
+    card.prompt = _text(inputs.get("prompt")) or card.prompt
+    card.aspect_ratio = _text(inputs.get("aspect_ratio"))
+    card.seed = _text(inputs.get("seed"))
+    card.output_format = _text(inputs.get("output_format"))
+    card.model = _text(prediction.get("model"))
+    card.status = _text(prediction.get("status")) or card.status
+    card.prediction_id = _text(prediction.get("id")) or card.prediction_id
+    card.error = _text(prediction.get("error")) or card.error
+    card.completed_at = _text(prediction.get("completed_at"))
+    predict_time = metrics.get("predict_time")
+    if isinstance(predict_time, (int, float)) and not isinstance(predict_time, bool):
+        card.predict_time = float(predict_time)
+
+
+def _pictures(
+    card: Card,
+    images: Any,
+    urls: Any,
+    prediction: Mapping[str, Any] | None,
+    recorded_at: datetime | None,
+    now: datetime,
+    counter: list[int],
+) -> None:
+    """Add the card's pictures: stored images when recorded, else the delivery URLs (alive or expired)."""
+
+    def next_index() -> int:
+        counter[0] += 1
+        return counter[0] - 1
+
+    if isinstance(images, list) and images:
+        for image in images:
+            image = image if isinstance(image, Mapping) else {}
+            uri = _text(image.get("uri"))
+            size = image.get("bytes")
+            card.pictures.append(
+                Picture(
+                    index=next_index(),
+                    kind="stored" if uri else "missing",
+                    uri=uri,
+                    sha256=_text(image.get("sha256")),
+                    size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+                    content_type=_text(image.get("content_type")),
+                )
+            )
+        return
+    if not isinstance(urls, list):
+        return
+    alive = delivery_alive(prediction or {}, recorded_at, now)
+    for url in urls:
+        if not _is_web_url(url):
+            card.pictures.append(Picture(index=next_index(), kind="missing"))
+        elif alive:
+            card.pictures.append(Picture(index=next_index(), kind="delivery", url=url))
+        else:
+            card.pictures.append(Picture(index=next_index(), kind="expired"))
+
+
+def task_images(
+    task_id: str,
+    map_index: int,
+    state: str,
+    xcoms: Mapping[str, Any],
+    *,
+    recorded_at: datetime | None = None,
+    now: datetime | None = None,
+) -> TaskImages:
+    """
+    The cards of one task instance, from its XComs.
+
+    :param task_id: the task.
+    :param map_index: its map index (``-1`` unmapped).
+    :param state: the task instance's state (shown when nothing else says what happened).
+    :param xcoms: its XComs by key (any of :data:`KEYS`).
+    :param recorded_at: when its XComs were written (the fallback clock of delivery URLs).
+    :param now: the current time (UTC).
+    """
+    now = now or datetime.now(timezone.utc)
+    counter = [0]
+    batch = any(key in xcoms for key in ("prediction_ids", "predictions", "failures"))
+    if not batch:
+        card = Card(task_id, map_index, None, status=state)
+        card.prediction_id = _text(xcoms.get("prediction_id"))
+        prediction = xcoms.get("prediction") if isinstance(xcoms.get("prediction"), Mapping) else None
+        _fill(card, prediction)
+        if prediction is None and state in ("failed", "upstream_failed", "up_for_retry"):
+            card.error = "The task failed before it recorded a result; its log says why."
+        _pictures(card, xcoms.get("images"), xcoms.get("return_value"), prediction, recorded_at, now, counter)
+        cards = [card] if (card.prediction_id or card.pictures or prediction) else []
+        return TaskImages(task_id, map_index, state, cards)
+
+    ids = _as_list(xcoms.get("prediction_ids"))
+    predictions = _as_list(xcoms.get("predictions"))
+    images = _as_list(xcoms.get("images"))
+    results = _as_list(xcoms.get("return_value"))
+    failures: dict[int, Mapping[str, Any]] = {}
+    for failure in _as_list(xcoms.get("failures")):
+        if isinstance(failure, Mapping) and isinstance(failure.get("index"), int):
+            failures[failure["index"]] = failure
+    count = max([len(ids), len(predictions), len(images), len(results), *(i + 1 for i in failures)], default=0)
+    cards = []
+    for i in range(count):
+        card = Card(task_id, map_index, i)
+        card.prediction_id = _text(ids[i]) if i < len(ids) else ""
+        prediction = predictions[i] if i < len(predictions) and isinstance(predictions[i], Mapping) else None
+        _fill(card, prediction)
+        failure = failures.get(i)
+        if failure is not None:
+            card.prompt = card.prompt or _text(failure.get("prompt"))
+            card.status = _text(failure.get("status")) or "failed"
+            card.error = _text(failure.get("message"))
+            card.prediction_id = card.prediction_id or _text(failure.get("prediction_id"))
+        elif not card.status:
+            card.status = "succeeded" if (i < len(results) and results[i]) else state
+        stored = images[i] if i < len(images) else None
+        _pictures(card, stored, results[i] if i < len(results) else None, prediction, recorded_at, now, counter)
+        cards.append(card)
+    return TaskImages(task_id, map_index, state, cards)
+
+
+def stored_image_path(card: Card, picture: Picture) -> tuple[ObjectStoragePath, str]:
+    """
+    Check a stored picture's recorded URI and open it as a path, with the task's connection (``conn_id@`` in it).
+
+    Only a name storage itself writes (``<prediction id>-<n>.<png|jpg|webp>``, of this card's prediction) with no
+    ``.``/``..`` segment is accepted, so even a hand-written XCom cannot make the plugin read another file.
+
+    :return: the path and the Content-Type to serve it with.
+    :raises LookupError: the URI is not one storage wrote.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    uri = picture.uri
+    parts = urlsplit(uri)
+    if not parts.scheme or not parts.path or "\\" in uri or "\x00" in uri or parts.query or parts.fragment:
+        raise LookupError("not a stored image URI")
+    segments = parts.path.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise LookupError("a relative segment in the stored URI")
+    match = _STORED_NAME.match(segments[-1])
+    if match is None or (card.prediction_id and match["pid"] != card.prediction_id):
+        raise LookupError("not a name storage writes")
+    return ObjectStoragePath(uri), CONTENT_TYPES[match["ext"]]
+
+
+def _order(items: Iterable[TaskImages]) -> list[TaskImages]:
+    return sorted(items, key=lambda t: (t.task_id, t.map_index))
+
+
+def load_task_images(
+    session: Session,
+    dag_id: str,
+    run_id: str,
+    *,
+    task_id: str | None = None,
+    map_index: int | None = None,
+    now: datetime | None = None,
+) -> list[TaskImages]:
+    """
+    Read the XComs of a DAG run's task instances (one task, one map index, or all) from the metadata database.
+
+    :param session: a metadata database session.
+    :param dag_id: the DAG.
+    :param run_id: the run.
+    :param task_id: only this task.
+    :param map_index: only this map index (with ``task_id``).
+    :param now: the current time (UTC).
+    :return: the task instances that recorded something of this provider's, ordered by task and map index.
+    """
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    query = select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key.in_(KEYS))
+    ti_query = select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.state).where(
+        TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id
+    )
+    if task_id is not None:
+        query = query.where(XComModel.task_id == task_id)
+        ti_query = ti_query.where(TaskInstance.task_id == task_id)
+        if map_index is not None:
+            query = query.where(XComModel.map_index == map_index)
+            ti_query = ti_query.where(TaskInstance.map_index == map_index)
+    states = {(t, m): _text(s) for t, m, s in session.execute(ti_query)}
+    found: dict[tuple[str, int], dict[str, Any]] = {}
+    recorded: dict[tuple[str, int], datetime] = {}
+    for row in session.scalars(query):
+        key = (row.task_id, row.map_index)
+        found.setdefault(key, {})[row.key] = XComModel.deserialize_value(row)
+        stamp = _parse_time(row.timestamp)
+        if stamp is not None and row.key in ("prediction", "predictions", "return_value"):
+            recorded[key] = max(recorded.get(key, stamp), stamp)
+    return _order(
+        task_images(t, m, states.get((t, m), ""), xcoms, recorded_at=recorded.get((t, m)), now=now)
+        for (t, m), xcoms in found.items()
+        if OWN_KEYS & xcoms.keys()
+    )
+
+
+def all_cards(items: Sequence[TaskImages]) -> list[Card]:
+    """:return: every card of ``items``, in order."""
+    return [card for item in items for card in item.cards]
