@@ -149,6 +149,7 @@ class CometAPISimulator:
         self._create_log: list[dict[str, Any]] = []
         self._cancel_log: list[str] = []
         self._images: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._trickles: dict[int, float] = {}  # id(request) -> seconds between bytes, for requests to trickle
         self._second = -1  # the one-second window of requests_per_second, and the requests counted in it
         self._second_count = 0
         self._create_times: deque[float] = deque()
@@ -389,7 +390,8 @@ class CometAPISimulator:
         answered with a status of 400 or more, and ``rate_limited`` the 429s of the simulator's own limits
         (``requests_per_second`` and ``rate_limit_per_minute``). ``responses`` maps each answered status (as a
         string) to its count; ``dropped`` counts connections closed without an answer, ``truncated``
-        partial file bodies; ``faults_applied``, ``in_flight`` and ``max_in_flight`` are what they say.
+        partial file bodies; ``images_drawn`` counts image files drawn (each is drawn on its first download and
+        cached); ``faults_applied``, ``in_flight`` and ``max_in_flight`` are what they say.
         """
         with self._lock:
             snapshot: dict[str, Any] = dict(self._counters)
@@ -460,6 +462,7 @@ class CometAPISimulator:
             "truncated": 0,
             "faults_applied": 0,
             "rate_limited": 0,
+            "images_drawn": 0,
             "max_in_flight": self._in_flight,
         }
         self._responses = {}
@@ -546,6 +549,7 @@ class CometAPISimulator:
 
         seed = int.from_bytes(hashlib.sha256(f"{record.id}/{index}".encode()).digest()[:8], "big")
         prompt = record.input.get("prompt")
+        self._bump("images_drawn")
         return render_image(
             record.fmt,
             seed=seed,
@@ -614,7 +618,7 @@ class CometAPISimulator:
         if rule is None:
             return None
         if rule.kind == "trickle":  # the normal answer, one byte every ``delay`` seconds (see the middleware)
-            request["sim_trickle"] = rule.delay or 1.0
+            self._trickles[id(request)] = rule.delay or 1.0
             return None
         if rule.delay:
             await asyncio.sleep(rule.delay)
@@ -708,13 +712,14 @@ class CometAPISimulator:
         try:
             response = await (self._throttled(request) if throttled else handler(request))
             status = response.status
-            trickle = request.get("sim_trickle")
+            trickle = self._trickles.pop(id(request), None)
             if trickle and isinstance(response, web.Response) and not isinstance(response, DroppedResponse):
                 response = await self._trickle(request, response, float(trickle))
         except web.HTTPException as exc:
             status = exc.status
             raise
         finally:
+            self._trickles.pop(id(request), None)
             with self._lock:
                 self._in_flight -= 1
                 if isinstance(response, DroppedResponse):
