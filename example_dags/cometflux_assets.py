@@ -16,6 +16,8 @@ from airflow.sdk import DAG, Asset, task
 from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperator
 
 OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
+#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:`` and ``+``.
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
 
 #: The generated product images; the event's ``extra`` says which files are new.
 PRODUCT_IMAGES = Asset("cometflux_product_images")
@@ -31,7 +33,7 @@ with DAG(
         task_id="generate_product_shot",
         prompt="a minimalist product shot of a glass teapot on linen",
         input={"aspect_ratio": "4:5", "output_format": "webp"},
-        output_path=f"{OUTPUT_PATH}/products/{{{{ ds }}}}",
+        output_path=f"{OUTPUT_PATH}/products/{RUN_FOLDER}",
         outlets=[PRODUCT_IMAGES],
         deferrable=True,
     )

@@ -1,8 +1,10 @@
 """
-A batch of prompts with dynamic task mapping: one mapped task per prompt, all images in one dated folder.
+A batch of prompts with dynamic task mapping: one mapped task per prompt, all images in one folder per run.
 
 Each mapped task instance creates its own prediction and waits in the triggerer, so a hundred prompts hold no
-worker slots while the model runs; ``collect`` gathers every stored URI in prompt order.
+worker slots while the model runs; ``collect`` gathers every stored URI in prompt order. The folder is
+``<output_path>/batch/<run id>/`` (not ``{{ ds }}``: a run triggered from the UI or the REST API has no logical
+date). In the Airflow UI (3.1+) the run's *Image gallery* shows every mapped index in order.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from airflow.sdk import DAG, task
 from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperator
 
 OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
+#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:`` and ``+``.
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
 
 PROMPTS = [
     "a red bicycle leaning on a brick wall, morning light",
@@ -33,7 +37,7 @@ with DAG(
         task_id="generate",
         model="black-forest-labs/flux-schnell",
         input={"aspect_ratio": "1:1", "output_format": "png"},
-        output_path=f"{OUTPUT_PATH}/batch/{{{{ ds }}}}",
+        output_path=f"{OUTPUT_PATH}/batch/{RUN_FOLDER}",
         deferrable=True,
     ).expand(prompt=PROMPTS)
 

@@ -8,8 +8,10 @@ Two patterns:
 * ``submit`` + ``wait_for_image``: submit without waiting, then let a deferrable sensor wait for the
   prediction id that ``submit`` pushed to XCom.
 
-The images land in ``<output_path>/<run date>/``; set the ``COMETFLUX_OUTPUT_PATH`` environment variable (or the
-``output_path`` param when triggering) to any ObjectStoragePath URI: ``file:///data/images``, ``s3://bucket/x``...
+The images land in ``<output_path>/<run id>/`` (not ``{{ ds }}``: a run triggered from the UI or the REST
+API has no logical date); set the ``COMETFLUX_OUTPUT_PATH`` environment variable
+(or the ``output_path`` param when triggering) to any ObjectStoragePath URI: ``file:///data/images``,
+``s3://bucket/x``... In the Airflow UI (3.1+) each task instance has an *Images* tab and the run an *Image gallery*.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperato
 from airflow_provider_cometflux.sensors.prediction import CometFluxPredictionSensor
 
 OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
+#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:`` and ``+``.
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
 
 with DAG(
     dag_id="cometflux_example",
@@ -40,7 +44,7 @@ with DAG(
         model="black-forest-labs/flux-schnell",
         prompt="{{ params.prompt }}",
         input={"aspect_ratio": "16:9", "num_outputs": 2, "output_format": "png"},
-        output_path="{{ params.output_path }}/{{ ds }}",
+        output_path="{{ params.output_path }}/" + RUN_FOLDER,
         deferrable=True,
         defer_after=0,  # hand the wait to the triggerer at once; the default first polls 5 s in the worker
         poll_interval=2.0,
@@ -70,7 +74,7 @@ with DAG(
     wait_for_image = CometFluxPredictionSensor(
         task_id="wait_for_image",
         prediction_id="{{ ti.xcom_pull(task_ids='submit', key='prediction_id') }}",
-        output_path="{{ params.output_path }}/{{ ds }}",
+        output_path="{{ params.output_path }}/" + RUN_FOLDER,
         deferrable=True,
         poke_interval=2.0,
         timeout=600,
