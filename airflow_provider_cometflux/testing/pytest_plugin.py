@@ -16,6 +16,9 @@ Simulator options can be changed per test with a marker::
 
     @pytest.mark.cometapi_simulator(run_seconds=2, output_kind="string", api_key="sim-test-key")
     def test_slow_service(cometapi_connection): ...
+
+The simulator refuses models other than the FLUX ones (``known_models=None`` accepts any) and draws its images
+with Pillow (the ``testing`` extra).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "cometapi_simulator(**options): keyword arguments for the CometAPISimulator started by the "
-        "cometapi_simulator fixture (run_seconds, api_key, output_kind, expire_after, ...)",
+        "cometapi_simulator fixture (run_seconds, api_key, output_kind, expire_after, known_models, "
+        "requests_per_second, ...)",
     )
 
 
