@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Replicate allows 600 creates per minute.
 DEFAULT_CREATES_PER_MINUTE = 600.0
+#: The longest a resume read of one saved prediction may take (the task's deadline bounds it too).
+RESUME_READ_SECONDS = 60.0
 #: Creates (or resume reads) open at once.
 CREATE_CONCURRENCY = 8
 
@@ -153,7 +155,7 @@ async def submit(
     """
     result = Submitted(ids=[None] * len(payloads))
     if saved is not None and len(saved) == len(payloads):
-        await _resume(hook, saved, result)
+        await _resume(hook, saved, result, deadline)
     todo = deque(i for i in range(len(payloads)) if result.ids[i] is None and i not in result.errors)
     pacer = Pacer(creates_per_minute)
     limit = asyncio.Semaphore(CREATE_CONCURRENCY)
@@ -215,7 +217,7 @@ async def submit(
     return result
 
 
-async def _resume(hook: CometAPIHook, saved: Sequence[str | None], result: Submitted) -> None:
+async def _resume(hook: CometAPIHook, saved: Sequence[str | None], result: Submitted, deadline: float | None) -> None:
     """Read each saved prediction once and decide: reconnect, already succeeded, or submit anew."""
     limit = asyncio.Semaphore(CREATE_CONCURRENCY)
     decisions = {"reconnect": 0, "already_succeeded": 0, "submit_anew": 0}
@@ -223,7 +225,8 @@ async def _resume(hook: CometAPIHook, saved: Sequence[str | None], result: Submi
     async def decide(index: int, pid: str) -> None:
         async with limit:
             try:
-                prediction = Prediction(await hook.aget_prediction(pid, timeout=60))
+                bound = RESUME_READ_SECONDS if deadline is None else min(RESUME_READ_SECONDS, deadline - time.time())
+                prediction = Prediction(await hook.aget_prediction(pid, timeout=max(0.1, bound)))
             except (CometAPIAuthError, CometAPIConnectionConfigError):
                 raise
             except CometAPIError as exc:
