@@ -78,7 +78,7 @@ dt { color: var(--muted); } dd { margin: 0; word-break: break-all; }
     {% elif p.kind == "expired" %}<div class="note">The delivery URL has expired (the service deletes outputs an hour
       after the prediction). Set <code>output_path</code> to keep copies.</div>
     {% else %}<div class="note">This image was not recorded where it can be read.</div>{% endif %}
-  {% else %}<div class="note">No image.</div>
+  {% else %}<div class="note">{{ "No image: the prediction did not succeed." if c.error else "No image." }}</div>
   {% endfor %}
   </div>
   <div class="body">
