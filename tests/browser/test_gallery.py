@@ -106,7 +106,7 @@ def open_view(driver: Any, url: str, expect_images: int, timeout: float = 60) ->
     state: dict[str, Any] = {}
     while time.monotonic() < deadline:
         driver.switch_to.default_content()
-        frames = [f for f in driver.find_elements(By.TAG_NAME, "iframe") if "/cometflux/" in (f.get_attribute("src") or "")]
+        frames = driver.find_elements(By.CSS_SELECTOR, "iframe[src*='/cometflux/']")
         if frames:
             driver.switch_to.frame(frames[0])
             state = driver.execute_script(
