@@ -1,30 +1,35 @@
 # make demo:      run the example DAG end to end on the built-in CometAPI simulator (no key needed).
 # make test:      everything CI runs, installing what it needs itself: Debian packages (scripts/apt-ensure), one
-#                 virtualenv per supported Airflow minor (built on first use, reused while pyproject.toml and the
-#                 constraints are unchanged), lint and type checks, the suite on every release in the matrix, then
-#                 the system suite (PostgreSQL, CeleryExecutor with Redis, two triggerers) on the newest. It goes on
-#                 after a failing part, prints how long each part took, and fails if any part failed.
+#                 virtualenv per supported Airflow minor (built on first use, updated in place when pyproject.toml or
+#                 a constraints file changes), lint and type checks, the suite on every release of the matrix, the
+#                 browser test and the system suite (PostgreSQL, CeleryExecutor with Redis, two triggerers) on the
+#                 newest. It goes on after a failing part, prints how long each part took, and fails if any part failed.
 # make test-fast: unit tests only (tests/unit), in parallel, on the newest Airflow: the edit loop.
-# make test-3.1 (any minor in MATRIX), make test-system, make test-serial: one part; PYTEST_ARGS="-k trigger" and
-#                 the like pass through to pytest.
+# make test-3.1 (any minor of MATRIX), test-3.1-parallel, test-3.1-serial, test-browser, test-system: one part.
+#                 PYTEST_ARGS="-k trigger" and the like pass through to pytest.
 # make bench:     the performance benchmarks (they print figures; nothing is asserted).
 
 PYTHON ?= python3
-# The newest Airflow 3 release: the default virtualenv (demo, lint, benchmarks, the system suite) runs it.
-AIRFLOW_VERSION ?= 3.3.2
-VENV ?= .venv
-# The newest patch of each older supported minor, each in a virtualenv of its own.
+# The newest patch of each supported minor. The newest minor's virtualenv is .venv (demo, lint, benchmarks, the
+# browser test and the system suite run there); each older one has .venv-afXY.
+MATRIX := 3.0 3.1 3.2 3.3
 AIRFLOW_3.0 ?= 3.0.6
 AIRFLOW_3.1 ?= 3.1.8
 AIRFLOW_3.2 ?= 3.2.2
-MATRIX := 3.0 3.1 3.2
-# Airflow 3.0 and 3.2 declare open-ended ranges whose later releases broke them: pins (see each file's comment).
+AIRFLOW_3.3 ?= 3.3.2
+NEWEST := 3.3
+AIRFLOW_VERSION := $(AIRFLOW_$(NEWEST))
+VENV ?= .venv
+venv_of = $(if $(filter $(NEWEST),$(1)),$(VENV),.venv-af$(subst .,,$(1)))
+# Library pins for releases whose open-ended ranges admit later libraries that break them (see each file).
 CONSTRAINTS_3.0 := .ci/constraints-airflow-3.0.txt
 CONSTRAINTS_3.2 := .ci/constraints-airflow-3.2.txt
 # wtforms: Airflow 3.0 and 3.1 build connection forms from the hook only when it is installed (the FAB provider
 # brings it); with it the suite checks the form those releases show.
 EXTRA_3.0 := wtforms
 EXTRA_3.1 := wtforms
+# The newest also gets the system suite's Celery and PostgreSQL providers.
+EXTRAS_3.3 := dev,system
 PYTEST_ARGS ?=
 # pytest-xdist workers for the tests that may run side by side.
 WORKERS ?= 2
@@ -37,37 +42,42 @@ TIMES := .ci-times
 TIMED := .ci/timed $(TIMES)
 # Tests that start Airflow's services or other long-lived processes: never side by side with each other.
 SERIAL_MARKERS := slow or services or system or browser
-PARALLEL := $(PYTEST_ARGS) -q -rs -n $(WORKERS) --dist loadgroup -m "not ($(SERIAL_MARKERS))"
+# What each release runs in its serial step (the SQLite triggerer-kill test, "slow", is what the system suite
+# proves on PostgreSQL and Celery: it runs on the releases the system suite does not).
+SERIAL_3.0 := slow or services
+SERIAL_3.1 := services
+SERIAL_3.2 := services
+SERIAL_3.3 := services
+REPORT := -q -rs --durations=5
 
-.PHONY: demo test test-fast lint deps test-system test-serial bench clean $(addprefix test-,$(MATRIX)) \
-	test-$(AIRFLOW_VERSION) test-highest test-lowest venvs
+.PHONY: demo test test-fast lint deps test-system test-browser bench clean venvs test-highest test-lowest \
+	$(foreach m,$(MATRIX),test-$(m) test-$(m)-parallel test-$(m)-serial)
 
-# A virtualenv is created once and updated in place when its inputs change (never removed under a running user).
-$(STAMP): pyproject.toml
-	@$(TIMED) "venv Airflow $(AIRFLOW_VERSION)" -- sh -c '\
-		set -e; test -x $(PY) || $(PYTHON) -m venv $(VENV); \
-		$(PY) -m pip install --quiet --upgrade pip; \
-		$(PY) -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e ".[dev,system]"'
-	@touch $@
-
-define release_venv
-.venv-af$(subst .,,$(1))/.installed-$(AIRFLOW_$(1)): pyproject.toml $(CONSTRAINTS_$(1))
+define release
+$(call venv_of,$(1))/.installed-$(AIRFLOW_$(1)): pyproject.toml $(CONSTRAINTS_$(1))
 	@$$(TIMED) "venv Airflow $(AIRFLOW_$(1))" -- sh -c '\
-		set -e; test -x .venv-af$(subst .,,$(1))/bin/python || $$(PYTHON) -m venv .venv-af$(subst .,,$(1)); \
-		.venv-af$(subst .,,$(1))/bin/python -m pip install --quiet --upgrade pip; \
-		.venv-af$(subst .,,$(1))/bin/python -m pip install --quiet $(if $(CONSTRAINTS_$(1)),-c $(CONSTRAINTS_$(1))) \
-			"apache-airflow==$(AIRFLOW_$(1))" $(EXTRA_$(1)) -e ".[dev]"'
+		set -e; test -x $(call venv_of,$(1))/bin/python || $$(PYTHON) -m venv $(call venv_of,$(1)); \
+		$(call venv_of,$(1))/bin/python -m pip install --quiet --upgrade pip; \
+		$(call venv_of,$(1))/bin/python -m pip install --quiet $(if $(CONSTRAINTS_$(1)),-c $(CONSTRAINTS_$(1))) \
+			"apache-airflow==$(AIRFLOW_$(1))" $(EXTRA_$(1)) -e ".[$(or $(EXTRAS_$(1)),dev)]"'
 	@touch $$@
 
-# The suite on Airflow $(1): what may run side by side in parallel, then the tests that start services, one by one.
-test-$(1): .venv-af$(subst .,,$(1))/.installed-$(AIRFLOW_$(1))
-	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)) (parallel)" -- .venv-af$(subst .,,$(1))/bin/python -m pytest $$(PARALLEL)
-	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)) (serial)" -- .venv-af$(subst .,,$(1))/bin/python -m pytest $(PYTEST_ARGS) \
-		-q -rs -p no:xdist -m "slow or services"
-endef
-$(foreach minor,$(MATRIX),$(eval $(call release_venv,$(minor))))
+test-$(1)-parallel: $(call venv_of,$(1))/.installed-$(AIRFLOW_$(1))
+	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), in parallel" -- $(call venv_of,$(1))/bin/python -m pytest \
+		$$(PYTEST_ARGS) $$(REPORT) -n $$(WORKERS) --dist loadgroup -m "not ($$(SERIAL_MARKERS))"
 
-venvs: $(STAMP) $(foreach minor,$(MATRIX),.venv-af$(subst .,,$(minor))/.installed-$(AIRFLOW_$(minor)))
+test-$(1)-serial: $(call venv_of,$(1))/.installed-$(AIRFLOW_$(1))
+	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), serial ($(SERIAL_$(1)))" -- $(call venv_of,$(1))/bin/python -m pytest \
+		$$(PYTEST_ARGS) $$(REPORT) -p no:xdist -m "$(SERIAL_$(1))"
+
+# Both steps; the serial one runs even when the parallel one failed.
+test-$(1):
+	@status=0; $$(MAKE) --no-print-directory test-$(1)-parallel || status=1; \
+		$$(MAKE) --no-print-directory test-$(1)-serial || status=1; exit $$$$status
+endef
+$(foreach minor,$(MATRIX),$(eval $(call release,$(minor))))
+
+venvs: $(foreach m,$(MATRIX),$(call venv_of,$(m))/.installed-$(AIRFLOW_$(m)))
 
 deps:
 	@$(TIMED) "apt packages" -- scripts/apt-ensure $(APT_PACKAGES)
@@ -79,32 +89,29 @@ lint: $(STAMP)
 	@$(TIMED) "lint and types" -- sh -c '$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy'
 
 test-fast: $(STAMP)
-	@$(TIMED) "unit tests" -- $(PY) -m pytest $(PYTEST_ARGS) -q -rs -n $(WORKERS) tests/unit
+	@$(TIMED) "unit tests" -- $(PY) -m pytest $(PYTEST_ARGS) $(REPORT) -n $(WORKERS) tests/unit
 
-# The suite on the newest Airflow, in parallel then serially (the browser test included), without the system suite.
-test-$(AIRFLOW_VERSION): $(STAMP)
-	@$(TIMED) "suite Airflow $(AIRFLOW_VERSION) (parallel)" -- $(PY) -m pytest $(PARALLEL)
-	@$(TIMED) "suite Airflow $(AIRFLOW_VERSION) (serial)" -- $(PY) -m pytest $(PYTEST_ARGS) -q -rs -p no:xdist \
-		-m "slow or services"
-	@$(TIMED) --allow-empty "browser tests Airflow $(AIRFLOW_VERSION)" -- $(PY) -m pytest $(PYTEST_ARGS) -q -rs \
+# The UI in headless Chromium (tests/browser). An empty selection passes, saying so in the table.
+test-browser: $(STAMP)
+	@$(TIMED) --allow-empty "browser test Airflow $(AIRFLOW_VERSION)" -- $(PY) -m pytest $(PYTEST_ARGS) $(REPORT) \
 		-p no:xdist -m browser
 
-test-serial: test-$(AIRFLOW_VERSION)
-
 # PostgreSQL, the CeleryExecutor with Redis, two triggerers and the simulator as processes; -rP prints each
-# scenario's figures.
+# scenario's figures (also in .pytest_cache/system-figures.json).
 test-system: $(STAMP)
 	@$(TIMED) "system suite Airflow $(AIRFLOW_VERSION)" -- $(PY) -m pytest $(PYTEST_ARGS) -q -rs -rP -p no:xdist \
 		-m system tests/system
 
-test-highest: test-$(AIRFLOW_VERSION)
+test-highest: test-$(NEWEST)
 test-lowest: test-3.0
+
+PARTS := deps lint $(foreach m,$(MATRIX),test-$(m)-parallel test-$(m)-serial) test-browser test-system
 
 # Every part runs even when an earlier one failed; the table of times comes last, and any failure fails the run.
 test:
 	@rm -f $(TIMES)
 	@status=0; \
-	for part in deps lint $(addprefix test-,$(MATRIX)) test-$(AIRFLOW_VERSION) test-system; do \
+	for part in $(PARTS); do \
 		$(MAKE) --no-print-directory $$part || status=1; \
 	done; \
 	.ci/timed --summary $(TIMES); \

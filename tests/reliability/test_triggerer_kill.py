@@ -25,9 +25,8 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 import requests
@@ -36,6 +35,7 @@ from tests.compat import AIRFLOW_VERSION
 from tests.integration.conftest import AIRFLOW, airflow_env
 from tests.reliability.conftest import RELIABILITY_DAGS, REPO_ROOT, connection_env, free_port
 from tests.reliability.secret_search import provider_hits, search_run
+from tests.system.processes import Component, stop_all, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -48,68 +48,15 @@ HEALTH_THRESHOLD = 5
 TRIGGER_ON_KILL = AIRFLOW_VERSION.release[:2] >= (3, 3)
 
 
-class Component:
-    """One Airflow process (and its children), in its own process group, with its output in a file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logs: Path) -> None:
-        self.name = name
-        self.killed = False
-        self.log_path = logs / f"{name}.log"
-        self._log: IO[bytes] = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [AIRFLOW, *args], env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def trigger_runner(self) -> int:
-        """The pid of a triggerer's trigger runner: its child that is not the log server."""
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError):
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-                cmdline = (stat.parent / "cmdline").read_bytes()
-                if int(fields[1]) == self.proc.pid and b"serve-logs" not in cmdline:
-                    return int(stat.parent.name)
-        raise AssertionError(f"{self.name} has no trigger runner")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group: no shutdown, no cleanup, as when a node dies."""
-        self.killed = True
-        self.signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, grace: float = 10) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(5)
-        self.signal(signal.SIGKILL)  # children left behind in the group, if any
-        if not self._log.closed:
-            self._log.close()
-
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, components: list[Component]) -> float:
-    """Wait until ``check()``; fail with the components' recent output. Returns the seconds waited."""
-    started = time.monotonic()
-    while not check():
-        for component in components:
-            if not component.killed and component.proc.poll() is not None:
-                pytest.fail(f"{component.name} exited ({component.proc.returncode}):\n{component.output()[-3000:]}")
-        if time.monotonic() - started > timeout:
-            tails = "\n".join(f"--- {c.name} ---\n{c.output()[-2000:]}" for c in components)
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
-        time.sleep(0.5)
-    return time.monotonic() - started
+def trigger_runner(triggerer: Component) -> int:
+    """The pid of a triggerer's trigger runner: its child that is not the log server."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+            if int(fields[1]) == triggerer.proc.pid and b"serve-logs" not in cmdline:
+                return int(stat.parent.name)
+    raise AssertionError(f"{triggerer.name} has no trigger runner")
 
 
 def trigger_logs(home: Path) -> dict[str, set[str]]:
@@ -191,8 +138,8 @@ def user_kill(sim, home: Path, api: str, components: list[Component]) -> float:
 def components() -> Iterator[list[Component]]:
     started: list[Component] = []
     yield started
-    for component in reversed(started):
-        component.stop()
+    left = stop_all(started)
+    assert not left, f"processes left running: {left}"
 
 
 @pytest.mark.timeout(1200)  # the sum of the waits below, so that a slow phase fails with its name and the logs
@@ -232,7 +179,7 @@ def test_triggerer_killed_mid_flight(tmp_path: Path, simulator_factory, componen
     timings["db migrate"] = time.monotonic() - began
 
     def start(name: str, *args: str) -> Component:
-        component = Component(name, list(args), env, logs)
+        component = Component(name, [AIRFLOW, *args], env, logs)
         components.append(component)
         return component
 
@@ -282,7 +229,7 @@ def test_triggerer_killed_mid_flight(tmp_path: Path, simulator_factory, componen
         # a redistribution: the second triggerer's event loop hangs (a long stall, not a death) until the watchdog stops
         # its heartbeat and a third takes its triggers over; then it wakes up and drops them: nothing may be cancelled.
         # Only the runner is frozen: a frozen process holding a SQLite write lock would stall every other component.
-        runner = second.trigger_runner()
+        runner = trigger_runner(second)
         os.kill(runner, signal.SIGSTOP)
         running = start("triggerer-3", "triggerer")
         polls_at_freeze = sim.stats["gets"]

@@ -13,8 +13,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import requests
 
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
+from tests.system.processes import Component, free_port, stop_all
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE_DAGS = ROOT / "example_dags"
@@ -60,19 +58,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(json.dumps(answer, indent=2, sort_keys=True, default=str))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
 @dataclass
 class AirflowServices:
     """The running deployment: where it listens, how to log in, where its logs are."""
@@ -82,14 +67,11 @@ class AirflowServices:
     password: str
     simulator: CometAPISimulator
     env: dict[str, str]
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, Component] = field(default_factory=dict)
     session: requests.Session = field(default_factory=requests.Session)
 
-    def log(self, component: str) -> Path:
-        return self.home / f"{component}.out"
-
     def logs(self) -> str:
-        return "\n".join(f"----- {name} -----\n{tail(self.log(name))}" for name in self.procs)
+        return "\n".join(f"----- {name} -----\n{proc.output(3000)}" for name, proc in self.procs.items())
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"
@@ -112,7 +94,7 @@ class AirflowServices:
         return self.session.patch(self.url(path), json=body, timeout=60)
 
     def check_alive(self) -> None:
-        dead = {name: proc.returncode for name, proc in self.procs.items() if proc.poll() is not None}
+        dead = {name: proc.proc.returncode for name, proc in self.procs.items() if not proc.alive()}
         assert not dead, f"Airflow components exited: {dead}\n{self.logs()}"
 
 
@@ -146,40 +128,6 @@ def airflow_env(home: Path, port: int, passwords: Path) -> dict[str, str]:
         }
     )
     return env
-
-
-def stop(procs: dict[str, subprocess.Popen[bytes]], grace: float = 20.0) -> list[str]:
-    """
-    Stop each component's process group (SIGTERM, then SIGKILL) and any descendant that left its group.
-
-    :return: descriptions of processes still alive afterwards (none, normally).
-    """
-    descendants: list[psutil.Process] = []
-    for proc in procs.values():
-        with contextlib.suppress(psutil.Error):
-            descendants.extend(psutil.Process(proc.pid).children(recursive=True))
-    for proc in procs.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    for proc in procs.values():
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-    for proc in procs.values():
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-    for child in descendants:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    _, alive = psutil.wait_procs(descendants, timeout=10)
-    left = [f"{p.pid} {p.name()}" for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for proc in procs.values():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, 0)  # the group still has a member
-            left.append(f"process group {proc.pid}")
-    return left
 
 
 def wait_healthy(services: AirflowServices, timeout: float = 180.0) -> dict[str, Any]:
@@ -219,20 +167,11 @@ def airflow_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airfl
         }
         try:
             for name in COMPONENTS:
-                with services.log(name).open("wb") as out:
-                    services.procs[name] = subprocess.Popen(
-                        commands[name],
-                        env=env,
-                        cwd=home,
-                        stdout=out,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        start_new_session=True,  # its own process group, stopped as a whole
-                    )
+                services.procs[name] = Component(name, commands[name], env, home, cwd=home)
             REST_ANSWERS["GET /api/v2/monitor/health"] = wait_healthy(services)
             services.login()
             yield services
         finally:
-            left = stop(services.procs)
+            left = stop_all(services.procs.values())
             services.session.close()
     assert not left, f"processes left running: {left}"
