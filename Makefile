@@ -89,6 +89,10 @@ deps:
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# The Airflow UI (API server on 127.0.0.1:8080, COMETFLUX_UI_PORT for another) on the demo's database: its images.
+ui: $(STAMP)
+	$(PY) scripts/demo.py --ui
+
 lint: $(STAMP)
 	@$(TIMED) "lint and types" -- sh -c '$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy'
 
