@@ -16,8 +16,8 @@ from airflow.sdk import DAG, Asset, task
 from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperator
 
 OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
-#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:`` and ``+``.
-RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
+#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:``, ``+`` and ``.``.
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') | replace('.', '') }}"
 
 #: The generated product images; the event's ``extra`` says which files are new.
 PRODUCT_IMAGES = Asset("cometflux_product_images")

@@ -17,8 +17,8 @@ from airflow.sdk import DAG, task
 from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperator
 
 OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
-#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:`` and ``+``.
-RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
+#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:``, ``+`` and ``.``.
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') | replace('.', '') }}"
 
 PROMPTS = [
     "a red bicycle leaning on a brick wall, morning light",

@@ -25,8 +25,8 @@ from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperato
 from airflow_provider_cometflux.sensors.prediction import CometFluxPredictionSensor
 
 OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
-#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:`` and ``+``.
-RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
+#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:``, ``+`` and ``.``.
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') | replace('.', '') }}"
 
 with DAG(
     dag_id="cometflux_example",

@@ -18,8 +18,8 @@ from airflow.sdk import DAG, Param
 from airflow_provider_cometflux.operators.batch import CometFluxBatchOperator
 
 OUTPUT_PATH = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-images")
-#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:`` and ``+``.
-RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
+#: A folder per run, named after the run id (which every run has, unlike ``ds``) without its ``:``, ``+`` and ``.``.
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') | replace('.', '') }}"
 
 with DAG(
     dag_id="cometflux_prompt_batch",

@@ -12,7 +12,7 @@ from airflow_provider_cometflux.operators.batch import CometFluxBatchOperator
 from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperator
 
 OUTPUT = os.environ.get("COMETFLUX_OUTPUT_PATH", "file:///tmp/cometflux-browser")
-RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"
+RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') | replace('.', '') }}"
 #: The prompts the test looks for on the pages.
 SINGLE = "a lighthouse on a cliff at dawn, watercolour"
 MAPPED = ["a red bicycle leaning on a brick wall", "a bowl of ramen seen from above"]
