@@ -140,7 +140,8 @@ def complete_one(
 ) -> list[str]:
     """
     A single prediction's end: push XCom ``prediction`` (and ``images``), describe the outlet asset events, and
-    return the stored URIs or the delivery URLs; or raise (after cancelling a timed-out prediction).
+    return the stored URIs or the delivery URLs; or raise (after cancelling a timed-out prediction, and pushing XCom
+    ``prediction`` for one that ended failed, canceled, aborted or without images).
 
     :param context: the task's context.
     :param event: the prediction's event.
@@ -148,12 +149,20 @@ def complete_one(
     :param outputs: where to keep the images.
     :param request_input: the input the task sent, when it sent one (the sensor did not).
     """
+    ti = context["ti"]
     try:
         finished = finish_prediction(hook, event, outputs, request_input)
     except PredictionTimeoutError:
         cancel_timed_out(hook, [event])
         raise
-    ti = context["ti"]
+    except CometAPIError:
+        summary = event.get("prediction") if isinstance(event, dict) else None
+        if isinstance(summary, dict):  # a prediction that ended without images: recorded for the UI and others
+            record = dict(summary)
+            if request_input is not None:
+                record["input"] = public_input(request_input)
+            ti.xcom_push(key=XCOM_PREDICTION, value=record)
+        raise
     ti.xcom_push(key=XCOM_PREDICTION, value=finished.record)
     if outputs.stored:
         ti.xcom_push(key=XCOM_IMAGES, value=finished.images)

@@ -128,3 +128,13 @@ def test_a_success_without_images_fails_naming_the_prediction(cometapi_connectio
     with pytest.raises(PredictionFailedError, match="succeeded without any output") as caught:
         operator(prompt=f"a fox {directive}").execute(ctx)
     assert caught.value.prediction_id == ctx["ti"].xcoms[XCOM_PREDICTION_ID]
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_a_failed_prediction_is_still_recorded_with_its_error_and_input(cometapi_connection):
+    ctx = context()
+    with pytest.raises(PredictionFailedError, match="no foxes"):
+        operator(prompt="a fox [sim:failed=no foxes]").execute(ctx)
+    record = ctx["ti"].xcoms[XCOM_PREDICTION]
+    assert record["status"] == "failed" and "no foxes" in record["error"]
+    assert record["input"]["prompt"] == "a fox [sim:failed=no foxes]"
