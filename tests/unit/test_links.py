@@ -16,6 +16,12 @@ RUN = "manual__2026-12-02T10:00:00+00:00"
 VIEW = "/dags/flux/runs/manual__2026-12-02T10%3A00%3A00%2B00%3A00/tasks/generate/plugin/cometflux-images"
 
 
+@pytest.fixture(autouse=True)
+def _ui_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link as on Airflow 3.1+ (the Images view); ``test_airflow_3_0_links_the_xcom_tab`` checks 3.0's."""
+    monkeypatch.setattr(plugins, "ui_plugins_supported", lambda: True)
+
+
 class FakeTI:
     dag_id, run_id, task_id = "flux", RUN, "generate"
 
