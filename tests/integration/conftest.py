@@ -58,6 +58,12 @@ class DagRunResult:
     db: Path
     run_id: str
 
+    def logs(self) -> str:
+        """The run's output and its task log files (Airflow 3.0's ``dags test`` prints task logs only there)."""
+        folder = self.db.parent / "logs"
+        files = sorted(folder.glob(f"dag_id=*/run_id={self.run_id}/**/*.log")) if folder.exists() else []
+        return "\n".join([self.output, *(plain(path.read_text(errors="replace")) for path in files)])
+
     def xcom(self, task_id: str, key: str = "return_value") -> Any:
         with sqlite3.connect(self.db) as conn:
             row = conn.execute(
