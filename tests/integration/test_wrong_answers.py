@@ -87,9 +87,9 @@ def test_service_error_text_cannot_forge_log_lines(dags_test, cometapi_simulator
     cometapi_simulator.add_fault("create", "status", status=422, message=forged, times=None)
     result = dags_test(f"it_wrong_{path}")
     assert result.states == {"generate": "failed"}
-    assert "\x1b[31m" not in result.logs()
+    assert "\x1b[31m" not in result.output
     assert "\\x1b[31mrefused\\nINFO - Task succeeded" in result.logs()
-    assert not any(line.startswith("INFO - Task succeeded") for line in result.logs().splitlines())
+    assert not any(line.startswith("INFO - Task succeeded") for line in result.output.splitlines())
 
 
 @pytest.mark.parametrize("path", PATHS)
