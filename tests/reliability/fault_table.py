@@ -164,7 +164,7 @@ FAULTS: tuple[Fault, ...] = (
         "poll: HTTP 429 with Retry-After: 1, once",
         "[sim:fault=get,status,status=429,retry_after=1]",
         "success",
-        "retrying in 1.",
+        "refused a status poll (429): pausing every poll of the connection",
     ),
     *_status_rows("get", (500, 502, 503, 504)),
     Fault(
@@ -174,7 +174,7 @@ FAULTS: tuple[Fault, ...] = (
         "success",
         "could not reach CometAPI",
     ),
-    Fault("get_slow", "poll: answer takes 6 s, once", "[sim:fault=get,slow,delay=6]", "success", "Prediction done"),
+    Fault("get_slow", "poll: answer takes 6 s, once", "[sim:fault=get,slow,delay=6]", "success", "done: 1 image(s)"),
     Fault(
         "get_malformed",
         "poll: HTTP 200 with a body that is not JSON, twice",

@@ -7,6 +7,7 @@ Run with ``-s`` to see the observed matrix as a markdown table.
 
 from __future__ import annotations
 
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ def _print_observed_matrix(request: pytest.FixtureRequest):
 def observe(fault: Fault, path: str, run: Any, sim: Any) -> tuple[dict[str, str], list[str]]:
     """What happened to one task, as a table row, and how it differs from the row's expectations."""
     state = run.states.get(fault.name, "missing")
-    log = run.task_logs.get(fault.name, "")
+    # every run of white space as one space: Airflow 3.0 prints a task's exception through rich, wrapped at 80 columns
+    log = re.sub(r"\s+", " ", run.task_logs.get(fault.name, ""))
     posts, created = sim.creates_for(tag(fault, path))
     made = [e["prediction_id"] for e in sim.create_requests if e["prediction_id"] and tag(fault, path) in e["prompt"]]
     cancels = sum(1 for pid in sim.cancel_requests if pid in made)
