@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_cometflux.exceptions import (
     CometAPIAuthError,
@@ -178,6 +178,18 @@ def transport_failure(
     return Answer(error=error, retryable=True)
 
 
+class KeyHolder(Protocol):
+    """
+    What holds the API key for a request (the connection's credentials, whose repr leaves the key out).
+
+    The faces take the holder, never the key: some Airflow releases print a failed task's traceback with every
+    frame's locals, and no local of a frame a retry loop raises from may hold the key itself.
+    """
+
+    @property
+    def api_key(self) -> str: ...
+
+
 class BodyTooLarge(Exception):
     """An answer longer than the limit its reader was given."""
 
@@ -279,7 +291,7 @@ def sync_request(
     *,
     op: str,
     prediction_id: str | None,
-    secret: str,
+    keyholder: KeyHolder,
     policy: RetryPolicy,
     connect_timeout: float,
     read_timeout: float,
@@ -306,11 +318,16 @@ def sync_request(
             with resp:
                 chunks = [] if 300 <= resp.status_code < 400 else list(_sync_body(resp, retrier, connect, read))
                 answer = read_answer(
-                    resp.status_code, resp.headers, b"".join(chunks), op=op, prediction_id=prediction_id, secret=secret
+                    resp.status_code,
+                    resp.headers,
+                    b"".join(chunks),
+                    op=op,
+                    prediction_id=prediction_id,
+                    secret=keyholder.api_key,
                 )
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, DeadlineReached) as exc:
             sent = isinstance(exc, DeadlineReached) or _was_sent(exc)
-            answer = transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=secret)
+            answer = transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=keyholder.api_key)
         except BodyTooLarge:
             answer = _too_large(op, prediction_id)
         if answer.data is not None:
@@ -369,7 +386,7 @@ async def async_request(
     op: str,
     prediction_id: str | None,
     secret_headers: Callable[[], dict[str, str]],
-    secret: str,
+    keyholder: KeyHolder,
     policy: RetryPolicy,
     connect_timeout: float,
     read_timeout: float,
@@ -406,9 +423,12 @@ async def async_request(
                 allow_redirects=False,
             ) as resp:
                 body = b"" if 300 <= resp.status < 400 else await _read_async_body(resp, MAX_API_BODY)
-                answer = read_answer(resp.status, resp.headers, body, op=op, prediction_id=prediction_id, secret=secret)
+                answer = read_answer(
+                    resp.status, resp.headers, body, op=op, prediction_id=prediction_id, secret=keyholder.api_key
+                )
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            answer = transport_failure(op, exc, sent=_async_sent(exc), prediction_id=prediction_id, secret=secret)
+            sent = _async_sent(exc)
+            answer = transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=keyholder.api_key)
         except BodyTooLarge:
             answer = _too_large(op, prediction_id)
         if answer.data is not None:
