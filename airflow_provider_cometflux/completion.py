@@ -71,12 +71,14 @@ class Finished:
     :param uris: the stored URIs, or the delivery URLs without ``output_path``.
     :param images: the stored images' metadata (XCom ``images``); empty without ``output_path``.
     :param sidecar: the provenance sidecar's URI, when one was written.
+    :param provenance: what the sidecar holds (the batch's manifest repeats it per prompt).
     """
 
     record: dict[str, Any]
     uris: list[str]
     images: list[dict[str, Any]] = field(default_factory=list)
     sidecar: str | None = None
+    provenance: dict[str, Any] | None = None
 
     @property
     def prediction_id(self) -> str:
@@ -117,15 +119,16 @@ def finish_prediction(
     )
     images = images_metadata(stored)
     finished = Finished(record, [image.uri for image in stored], images)
-    finished.sidecar = _write_sidecar(outputs, finished)
+    _write_sidecar(outputs, finished)
     return finished
 
 
-def _write_sidecar(outputs: Outputs, finished: Finished) -> str | None:
+def _write_sidecar(outputs: Outputs, finished: Finished) -> None:
     """The provenance sidecar ``<output_path>/<prediction_id>.json``, written after the images."""
     from airflow_provider_cometflux.provenance import sidecar_record, write_sidecar
 
-    return write_sidecar(outputs.output_path, sidecar_record(finished.record, finished.images))  # type: ignore[arg-type]
+    finished.provenance = sidecar_record(finished.record, finished.images)
+    finished.sidecar = write_sidecar(outputs.output_path, finished.provenance)  # type: ignore[arg-type]
 
 
 def cancel_timed_out(hook: CometAPIHook, events: Sequence[Any]) -> None:
@@ -268,18 +271,12 @@ def _write_manifest(
             manifest_row(
                 index,
                 prompt,
-                record=None if done is None else _sidecar_content(done),
+                record=None if done is None else done.provenance,
                 failure=failures.get(index),
                 sidecar_uri=None if done is None else done.sidecar,
             )
         )
     write_manifest(outputs.output_path, rows, name=name)  # type: ignore[arg-type]
-
-
-def _sidecar_content(done: Finished) -> dict[str, Any]:
-    from airflow_provider_cometflux.provenance import sidecar_record
-
-    return sidecar_record(done.record, done.images)
 
 
 def describe_outlets(context: Context, extra: Mapping[str, Any]) -> None:
