@@ -1,12 +1,14 @@
 # make demo:      run the example DAG end to end on the built-in CometAPI simulator (no key needed).
 # make test:      everything CI runs, installing what it needs itself: Debian packages (scripts/apt-ensure), one
-#                 virtualenv per supported Airflow minor (built on first use, updated in place when pyproject.toml or
-#                 a constraints file changes), lint and type checks, the suite on every release of the matrix, the
-#                 browser test and the system suite (PostgreSQL, CeleryExecutor with Redis, two triggerers) on the
-#                 newest. It goes on after a failing part, prints how long each part took, and fails if any part failed.
+#                 virtualenv per environment, each built from its lock in locks/ and checked against it, lint and
+#                 type checks, the suite on every release of the matrix, the unit tests on the lowest and highest
+#                 Python, the browser test and the system suite (PostgreSQL, CeleryExecutor with Redis, two
+#                 triggerers) on the newest. It goes on after a failing part, prints how long each part took, and
+#                 fails if any part failed.
+# make lock:      resolve every lock in locks/ again (after a change to pyproject.toml's dependencies); commit them.
 # make test-fast: unit tests only (tests/unit), in parallel, on the newest Airflow: the edit loop.
-# make test-3.1 (any minor of MATRIX), test-3.1-parallel, test-3.1-serial, test-browser, test-system: one part.
-#                 PYTEST_ARGS="-k trigger" and the like pass through to pytest.
+# make test-3.1 (any minor of MATRIX), test-3.1-parallel, test-3.1-serial, test-py3.13, test-browser, test-system:
+#                 one part. PYTEST_ARGS="-k trigger" and the like pass through to pytest.
 # make bench:     the performance benchmarks (they print figures; nothing is asserted).
 
 PYTHON ?= python3
@@ -21,15 +23,18 @@ NEWEST := 3.3
 AIRFLOW_VERSION := $(AIRFLOW_$(NEWEST))
 VENV ?= .venv
 venv_of = $(if $(filter $(NEWEST),$(1)),$(VENV),.venv-af$(subst .,,$(1)))
-# Library pins for releases whose open-ended ranges admit later libraries that break them (see each file).
-CONSTRAINTS_3.0 := .ci/constraints-airflow-3.0.txt
-CONSTRAINTS_3.2 := .ci/constraints-airflow-3.2.txt
-# wtforms: Airflow 3.0 and 3.1 build connection forms from the hook only when it is installed (the FAB provider
-# brings it); with it the suite checks the form those releases show.
-EXTRA_3.0 := wtforms
-EXTRA_3.1 := wtforms
-# The newest also gets the system suite's Celery and PostgreSQL providers.
-EXTRAS_3.3 := dev,system
+# The Python of the matrix, and the lowest and highest ones Airflow's newest release supports (unit tests only).
+MATRIX_PYTHON := 3.11
+PYTHONS := 3.10 3.13
+# Every virtualenv is its lock (locks/airflow-<release>-py<python>.txt, made by `make lock`), plus this project.
+# The locks' inputs (which extras, which day each release is resolved as of) are in scripts/lock.
+lock_of = locks/airflow-$(AIRFLOW_$(1))-py$(MATRIX_PYTHON).txt
+lock_py = locks/airflow-$(AIRFLOW_VERSION)-py$(1).txt
+venv_py = .venv-py$(subst .,,$(1))
+# uv builds the virtualenvs (pinned here; installed with pip into its own virtualenv).
+UV_VERSION := 0.13.9
+TOOLS := .venv-tools
+UV := $(TOOLS)/bin/uv
 PYTEST_ARGS ?=
 # pytest-xdist workers for the tests that may run side by side.
 WORKERS ?= 2
@@ -37,7 +42,7 @@ WORKERS ?= 2
 APT_PACKAGES := postgresql redis-server chromium chromium-driver
 
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
+STAMP := $(VENV)/.installed
 TIMES := .ci-times
 TIMED := .ci/timed $(TIMES)
 # Tests that start Airflow's services or other long-lived processes: never side by side with each other.
@@ -54,23 +59,23 @@ SKIP_3.1 := --ignore=tests/reliability/test_fault_matrix.py
 SKIP_3.2 := --ignore=tests/reliability/test_fault_matrix.py
 REPORT := -q -rs --durations=5
 
-.PHONY: demo test test-fast lint deps test-system test-browser bench clean venvs test-highest test-lowest \
-	$(foreach m,$(MATRIX),test-$(m) test-$(m)-parallel test-$(m)-serial)
+.PHONY: demo test test-fast lint deps lock check-locks test-system test-browser bench clean venvs test-highest \
+	test-lowest $(foreach m,$(MATRIX),test-$(m) test-$(m)-parallel test-$(m)-serial) $(foreach p,$(PYTHONS),test-py$(p))
+
+$(UV):
+	@$(PYTHON) -m venv $(TOOLS)
+	@$(TOOLS)/bin/python -m pip install --quiet "uv==$(UV_VERSION)"
 
 define release
-$(call venv_of,$(1))/.installed-$(AIRFLOW_$(1)): pyproject.toml $(CONSTRAINTS_$(1))
-	@$$(TIMED) "venv Airflow $(AIRFLOW_$(1))" -- sh -c '\
-		set -e; test -x $(call venv_of,$(1))/bin/python || $$(PYTHON) -m venv $(call venv_of,$(1)); \
-		$(call venv_of,$(1))/bin/python -m pip install --quiet --upgrade pip; \
-		$(call venv_of,$(1))/bin/python -m pip install --quiet $(if $(CONSTRAINTS_$(1)),-c $(CONSTRAINTS_$(1))) \
-			"apache-airflow==$(AIRFLOW_$(1))" $(EXTRA_$(1)) -e ".[$(or $(EXTRAS_$(1)),dev)]"'
+$(call venv_of,$(1))/.installed: $(call lock_of,$(1)) pyproject.toml | $(UV)
+	@$$(TIMED) "venv Airflow $(AIRFLOW_$(1))" -- scripts/venv $(UV) $(call venv_of,$(1)) $(MATRIX_PYTHON) $(call lock_of,$(1))
 	@touch $$@
 
-test-$(1)-parallel: $(call venv_of,$(1))/.installed-$(AIRFLOW_$(1))
+test-$(1)-parallel: $(call venv_of,$(1))/.installed
 	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), in parallel" -- $(call venv_of,$(1))/bin/python -m pytest \
 		$$(PYTEST_ARGS) $$(REPORT) -n $$(WORKERS) --dist loadgroup -m "not ($$(SERIAL_MARKERS))" $(SKIP_$(1))
 
-test-$(1)-serial: $(call venv_of,$(1))/.installed-$(AIRFLOW_$(1))
+test-$(1)-serial: $(call venv_of,$(1))/.installed
 	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), serial ($(SERIAL_$(1)))" -- $(call venv_of,$(1))/bin/python -m pytest \
 		$$(PYTEST_ARGS) $$(REPORT) -p no:xdist -m "$(SERIAL_$(1))"
 
@@ -81,7 +86,29 @@ test-$(1):
 endef
 $(foreach minor,$(MATRIX),$(eval $(call release,$(minor))))
 
-venvs: $(foreach m,$(MATRIX),$(call venv_of,$(m))/.installed-$(AIRFLOW_$(m)))
+# The unit tests on another Python, against the newest release.
+define python
+$(call venv_py,$(1))/.installed: $(call lock_py,$(1)) pyproject.toml | $(UV)
+	@$$(TIMED) "venv Python $(1)" -- scripts/venv $(UV) $(call venv_py,$(1)) $(1) $(call lock_py,$(1))
+	@touch $$@
+
+test-py$(1): $(call venv_py,$(1))/.installed
+	@$$(TIMED) "unit tests Python $(1), Airflow $(AIRFLOW_VERSION)" -- $(call venv_py,$(1))/bin/python -m pytest \
+		$$(PYTEST_ARGS) $$(REPORT) -n $$(WORKERS) tests/unit
+endef
+$(foreach p,$(PYTHONS),$(eval $(call python,$(p))))
+
+venvs: $(foreach m,$(MATRIX),$(call venv_of,$(m))/.installed) $(foreach p,$(PYTHONS),$(call venv_py,$(p))/.installed)
+
+# Resolve every lock again (scripts/lock says how); commit what changes.
+lock: | $(UV)
+	scripts/lock $(UV)
+
+# The locks are what pyproject.toml resolves to, and every virtualenv built holds exactly its lock.
+check-locks: venvs
+	@$(TIMED) "locks" -- sh -c 'set -e; scripts/lock $(UV) --check; \
+		$(foreach m,$(MATRIX),$(call venv_of,$(m))/bin/python scripts/lock_check.py $(call lock_of,$(m));) \
+		$(foreach p,$(PYTHONS),$(call venv_py,$(p))/bin/python scripts/lock_check.py $(call lock_py,$(p));)'
 
 deps:
 	@$(TIMED) "apt packages" -- scripts/apt-ensure $(APT_PACKAGES)
@@ -113,7 +140,8 @@ test-system: $(STAMP)
 test-highest: test-$(NEWEST)
 test-lowest: test-3.0
 
-PARTS := deps lint $(foreach m,$(MATRIX),test-$(m)-parallel test-$(m)-serial) test-browser test-system
+PARTS := deps check-locks lint $(foreach m,$(MATRIX),test-$(m)-parallel test-$(m)-serial) \
+	$(foreach p,$(PYTHONS),test-py$(p)) test-browser test-system
 
 # Every part runs even when an earlier one failed; the table of times comes last, and any failure fails the run.
 test:
@@ -129,4 +157,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-af* .demo .pytest_cache .mypy_cache .ruff_cache $(TIMES)
+	rm -rf $(VENV) .venv-af* .venv-py* $(TOOLS) .demo .pytest_cache .mypy_cache .ruff_cache $(TIMES)
