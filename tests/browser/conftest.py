@@ -27,6 +27,7 @@ import pytest
 import requests
 
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
+from tests.airflow_db import migrated
 
 HERE = Path(__file__).parent
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -110,8 +111,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
     env = base_env(home, port, passwords, images)
     logs = home / "logs-test"
     logs.mkdir()
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    migrated(home)
     with CometAPISimulator(run_seconds=0.5, api_key="browser-key") as sim:
         conn = {"conn_type": "cometapi", "host": sim.base_url, "password": "browser-key"}
         run_env = {**env, "AIRFLOW_CONN_COMETAPI_DEFAULT": json.dumps(conn)}

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.airflow_db import migrated
 from tests.compat import plain
 
 TEST_DAGS = Path(__file__).parent / "dags"
@@ -38,8 +39,7 @@ def airflow_env(home: Path, **extra: str) -> dict[str, str]:
 def migrated_home(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     """A throwaway AIRFLOW_HOME with a migrated SQLite metadata database."""
     home = tmp_path_factory.mktemp(name)
-    proc = subprocess.run([AIRFLOW, "db", "migrate"], env=airflow_env(home), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    migrated(home)
     return home
 
 

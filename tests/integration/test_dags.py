@@ -184,4 +184,5 @@ def test_sensor_timeout_cancels_the_prediction(dags_test, cometapi_simulator, mo
     assert "up_for_retry" not in result.logs().lower() and "AirflowSensorTimeout" in result.logs()
     (prediction,) = cometapi_simulator.predictions.values()
     assert prediction["status"] == "canceled"
-    assert "gave up after 2s" in result.logs() and "cancelled (best effort)" in result.logs()
+    # how long it waited is measured (2 s, or 3 s on a busy machine): the words, not the figure
+    assert re.search(r"gave up after \d+s", result.logs()) and "cancelled (best effort)" in result.logs()

@@ -23,7 +23,6 @@ import os
 import secrets
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.airflow_db import migrated
 from tests.compat import AIRFLOW_VERSION
 from tests.integration.conftest import AIRFLOW, airflow_env
 from tests.reliability.conftest import RELIABILITY_DAGS, REPO_ROOT, connection_env, free_port
@@ -174,8 +174,7 @@ def test_triggerer_killed_mid_flight(tmp_path: Path, simulator_factory, componen
         COMETFLUX_KILL_TASKS=str(TASKS),
         **connection_env("cometapi_default", sim.base_url, key),
     )
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=180)
-    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    migrated(home)
     timings["db migrate"] = time.monotonic() - began
 
     def start(name: str, *args: str) -> Component:

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import pytest
 import requests
 
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
+from tests.airflow_db import migrated
 from tests.system.processes import Component, free_port, stop_all
 
 ROOT = Path(__file__).parents[2]
@@ -154,8 +154,7 @@ def airflow_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Airfl
     passwords.write_text(json.dumps({ADMIN: password}))
     port = free_port()
     env = airflow_env(home, port, passwords)
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    migrated(home)
 
     with CometAPISimulator("127.0.0.1", 0, run_seconds=RUN_SECONDS, api_key=API_KEY) as simulator:
         services = AirflowServices(home, f"http://127.0.0.1:{port}", password, simulator, env)
