@@ -73,7 +73,8 @@ $(call venv_of,$(1))/.installed: $(call lock_of,$(1)) pyproject.toml | $(UV)
 
 test-$(1)-parallel: $(call venv_of,$(1))/.installed
 	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), in parallel" -- $(call venv_of,$(1))/bin/python -m pytest \
-		$$(PYTEST_ARGS) $$(REPORT) -n $$(WORKERS) --dist loadgroup -m "not ($$(SERIAL_MARKERS))" $(SKIP_$(1))
+		$$(PYTEST_ARGS) $$(REPORT) -n $$(WORKERS) --dist loadgroup \
+		-m "not ($$(SERIAL_MARKERS))$(if $(filter $(NEWEST),$(1)),, and not any_release)" $(SKIP_$(1))
 
 test-$(1)-serial: $(call venv_of,$(1))/.installed
 	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), serial ($(SERIAL_$(1)))" -- $(call venv_of,$(1))/bin/python -m pytest \

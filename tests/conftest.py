@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,18 @@ from airflow_provider_cometflux.retries import RetryPolicy
 # pytest_plugins = ["airflow_provider_cometflux.testing.pytest_plugin"]
 
 TEST_KEY = "sk-test-0123456789abcdef"
+
+#: Test folders whose subject does not depend on the Airflow release (the simulator is plain aiohttp and Pillow):
+#: marked ``any_release``, which ``make test`` runs on the newest release only.
+ANY_RELEASE = [Path(__file__).parent / "unit" / "testing"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(folder in item.path.parents for folder in ANY_RELEASE):
+            item.add_marker(pytest.mark.any_release)
+
+
 BASE = "https://api.cometapi.test"
 
 
