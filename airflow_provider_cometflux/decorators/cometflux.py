@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import reprlib
 from collections.abc import Callable, Collection, Mapping, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from airflow.sdk import Asset
 from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
 
 from airflow_provider_cometflux._compat import determine_kwargs
@@ -113,7 +115,11 @@ class CometFluxDecoratedOperator(DecoratedOperator, CometFluxPredictionOperator)
         self.prompt, self.input = None, model_input
         self._returned_input = model_input
         context["ti"].xcom_push(key=XCOM_MODEL_INPUT, value=_recordable(model_input))
-        return super().execute(context)
+        # Not DecoratedOperator.execute: Airflow 3.0's reads self.xcom_push, which only the core BaseOperator has
+        # (AttributeError on this Task SDK operator). Its other work, function arguments that are assets becoming
+        # inlets, is done here.
+        self.inlets.extend(arg for arg in chain(self.op_args, self.op_kwargs.values()) if isinstance(arg, Asset))
+        return CometFluxPredictionOperator.execute(self, context)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """

@@ -166,3 +166,18 @@ def test_operator_arguments_are_checked_at_parse_time():
             return "a cat"
 
         built(draw)
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_an_asset_argument_becomes_an_inlet_as_in_any_taskflow_task(cometapi_connection):
+    from airflow.sdk import Asset
+
+    rows = Asset("file:///data/cities.csv")
+
+    @task.cometflux(**FAST)
+    def draw(source: Asset) -> str:
+        return f"a map drawn from {source.uri}"
+
+    op = built(draw, rows)
+    assert len(op.execute(context())) == 1
+    assert rows in op.inlets
