@@ -25,6 +25,11 @@ try:
 except ImportError:  # Airflow 3.0-3.1
     from airflow.exceptions import AirflowSensorTimeout  # type: ignore[no-redef,attr-defined]
 
+try:
+    from airflow.sdk.bases.decorator import determine_kwargs
+except ImportError:  # Airflow 3.0-3.1: the TaskFlow helper that picks a function's arguments lived in airflow.utils
+    from airflow.utils.operator_helpers import determine_kwargs  # type: ignore[no-redef,attr-defined]
+
 #: Airflow 3.3+ calls a trigger's ``on_kill`` when a user kills a deferred task, which cancels its predictions.
 TRIGGER_ON_KILL = hasattr(BaseTrigger, "on_kill")
 
@@ -38,4 +43,5 @@ __all__ = [
     "BaseSensorOperator",
     "PokeReturnValue",
     "conf",
+    "determine_kwargs",
 ]

@@ -80,4 +80,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_cometflux.links.CometAPIPredictionLink"],
+        "task-decorators": [
+            {"name": "cometflux", "class-name": "airflow_provider_cometflux.decorators.cometflux.cometflux_task"}
+        ],
     }

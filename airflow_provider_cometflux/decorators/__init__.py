@@ -1,0 +1,1 @@
+"""TaskFlow decorators: ``@task.cometflux`` (registered through the provider info's ``task-decorators``)."""
