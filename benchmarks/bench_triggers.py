@@ -289,7 +289,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             break
 
     async def run_watch(pid: str) -> None:
-        from airflow_provider_cometflux.triggers.poller import watch_prediction
+        from airflow_provider_cometflux.watching.poller import watch_prediction
 
         try:
             prediction = await watch_prediction(

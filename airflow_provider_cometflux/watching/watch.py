@@ -1,6 +1,6 @@
 """Watching predictions by id, as events: what the triggers and the worker's inline waits both run.
 
-The polling itself is the shared poller's (:func:`~airflow_provider_cometflux.triggers.poller.watch_prediction`:
+The polling itself is the shared poller's (:func:`~airflow_provider_cometflux.watching.poller.watch_prediction`:
 one request budget per event loop and connection); this module turns what it returns or raises into the events of
 :mod:`~airflow_provider_cometflux.events`, for one prediction or many.
 """
@@ -36,7 +36,7 @@ async def watch_event(
     :param end_time: epoch seconds after which a ``timeout`` event is returned; ``None`` for no deadline.
     :param max_consecutive_errors: transient poll failures in a row that end the wait with an ``error`` event.
     """
-    from airflow_provider_cometflux.triggers.poller import watch_prediction
+    from airflow_provider_cometflux.watching.poller import watch_prediction
 
     try:
         prediction = await watch_prediction(

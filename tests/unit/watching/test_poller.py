@@ -18,7 +18,7 @@ from airflow_provider_cometflux.exceptions import (
 from airflow_provider_cometflux.hooks import connection as hook_connection
 from airflow_provider_cometflux.models import Prediction
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
-from airflow_provider_cometflux.triggers.poller import RequestBudget, current_poller, watch_prediction
+from airflow_provider_cometflux.watching.poller import RequestBudget, current_poller, watch_prediction
 
 CONN_ID = "poller_test"
 
