@@ -5,19 +5,20 @@ after a 429, together they would keep a rate-limited service saturated with refu
 loop registers the prediction it waits for with that loop's :class:`SharedPoller` for the connection, which makes
 the status requests for all of them:
 
-* **one request budget per connection** (:class:`RequestBudget`): a 429 pauses every request of the connection
-  for its ``Retry-After``; the rate then adapts, cut on a refusal to what the service was seen to accept, probed
-  back up while answers come fast and the budget is what holds polls back. With no ceiling on the connection it
-  starts unlimited until the first 429, bounded only by the requests it keeps in flight (a window opening by one
-  per answer up to the shared HTTP pool's size); the connection's ``requests_per_minute`` extra is a ceiling it
-  never passes;
+* **one request budget per connection** (:class:`~airflow_provider_cometflux.pacing.RequestBudget`): a 429
+  pauses every request of the connection for its ``Retry-After``; the rate then adapts, cut on a refusal to what
+  the service was seen to accept, probed back up while answers come fast and the budget is what holds polls back.
+  With no ceiling on the connection it starts unlimited until the first 429, bounded only by the requests it keeps
+  in flight (a window opening by one per answer up to the shared HTTP pool's size); the connection's
+  ``requests_per_minute`` extra is a ceiling it never passes;
 * **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
   a prediction is seen done soon after it ends, and each prediction's own delays come from
-  :func:`~airflow_provider_cometflux.retries.poll_delays` (quick first, then every ``poll_interval``);
+  :func:`~airflow_provider_cometflux.pacing.poll_delays` (quick first, then every ``poll_interval``);
 * **one registration per prediction**: two watchers of the same id share its polls (at the smaller interval);
 * **the poller decides about retries**: its hook retries nothing; a transient failure is tried again at the
-  prediction's next poll, after a growing pause, and ends a watcher after ``max_consecutive_errors`` in a row
-  (a 429 is the budget's matter and never counts against a prediction);
+  prediction's next poll, after a growing pause (:data:`~airflow_provider_cometflux.pacing.POLL_ERRORS`), and
+  ends a watcher after ``max_consecutive_errors`` in a row (a 429 is the budget's matter and never counts against
+  a prediction);
 * **cancel-safe**: cancelling a watcher removes only its own registration; a request in flight is never cancelled
   (its answer still serves the other watchers of that id, or is dropped), and the poller stops, closing its hook,
   once nothing is watched and nothing is in flight.
@@ -44,7 +45,12 @@ from airflow_provider_cometflux.exceptions import (
     PredictionTimeoutError,
 )
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
-from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS, RetryPolicy, poll_delays
+from airflow_provider_cometflux.pacing import (
+    MAX_CONSECUTIVE_POLL_ERRORS,
+    POLL_ERRORS,
+    RequestBudget,
+    poll_delays,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
@@ -59,162 +65,6 @@ COALESCE = 0.005
 INITIAL_WINDOW = 16
 #: The first polls of watchers registered together are spread over up to this many seconds.
 FIRST_POLL_SPREAD = 0.25
-#: The pause after a 429 without a ``Retry-After``, doubled for each such pause in a row (up to the longest).
-PAUSE_WITHOUT_RETRY_AFTER = 1.0
-#: No pause lasts longer than this, whatever ``Retry-After`` says (watchers' deadlines still hold).
-MAX_PAUSE = RetryPolicy().max_retry_after
-#: After a transient failure a prediction waits at least this long, doubled per failure in a row, up to the max.
-ERROR_BACKOFF = 0.5
-ERROR_BACKOFF_MAX = 30.0
-
-
-class RequestBudget:
-    """
-    How fast the requests of one connection may start: a pace (or none), a pause after a 429, and their adaptation.
-
-    * With no ceiling the budget starts unlimited (and at the ceiling with one) until the first 429.
-    * A 429 pauses every request for its ``Retry-After`` (or a pause growing from
-      :data:`PAUSE_WITHOUT_RETRY_AFTER` without one). The first refusal of a request started under the pace in
-      force also cuts it (multiplicative decrease): to 90% of the answers the service accepted in the second before
-      the refused request started (when there were at least :attr:`MIN_SAMPLE` of them: that count is its limit as
-      seen), else to half the requests started then; and to at most 85% of the pace in force. Refusals of requests
-      started before that cut (already in flight) only extend the pause.
-    * While answers come fast and due polls wait for the pace, the pace goes back up: exponentially while no limit
-      was seen or far below it, then by 5% of the limit seen per second, and by 0.5% per second once within 10%
-      of it (an additive probe, which also finds a raised limit again).
-    * The pace never exceeds ``ceiling`` (requests per second).
-
-    Requests are admitted with a small burst tolerance (:attr:`BURST_SECONDS` ahead of the pace).
-
-    :param ceiling: the most requests per second, or ``None`` for no ceiling.
-    """
-
-    #: How far ahead of the pace a request may start (spares a timer per request at high rates).
-    BURST_SECONDS = 0.02
-    #: The lowest pace, in requests per second.
-    MIN_RATE = 0.2
-    #: The window over which the accepted rate is measured, in buckets of :attr:`BUCKET` seconds.
-    BUCKET = 0.1
-    WINDOW_BUCKETS = 10
-    #: Answers slower than this (seconds) do not count as "fast": no probing up on them.
-    FAST_ANSWER = 2.0
-    #: Accepted answers in the window before a refusal needed to take their count as the service's limit.
-    MIN_SAMPLE = 10
-    #: Far below any limit seen, each fast answer raises the pace by this much (it doubles about every 2 s).
-    SLOW_START_GAIN = 0.35
-
-    def __init__(self, ceiling: float | None = None) -> None:
-        self.ceiling = ceiling
-        #: requests per second, or ``None`` while unlimited
-        self.rate: float | None = ceiling
-        self.paused_until = -math.inf
-        #: incremented at every cut; a request records it when it starts
-        self.epoch = 0
-        #: the accepted rate when the service last refused (what probing is measured against)
-        self.limit_seen: float | None = None
-        self.refusals = 0
-        self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
-        self._pauses_in_row = 0
-        self._held_at = -math.inf
-        size = 2 * self.WINDOW_BUCKETS
-        # per bucket of start time: [bucket number, starts, accepted answers]
-        self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(size)]
-
-    def _bucket(self, started: float) -> list[int]:
-        number = int(started / self.BUCKET)
-        slot = self._buckets[number % len(self._buckets)]
-        if slot[0] != number:
-            slot[0], slot[1], slot[2] = number, 0, 0
-        return slot
-
-    def _counts_before(self, started: float) -> tuple[int, int]:
-        """Starts and accepted answers among the requests started in the window before ``started``."""
-        last = int(started / self.BUCKET)
-        starts = accepted = 0
-        for number, s, a in self._buckets:
-            if last - self.WINDOW_BUCKETS <= number <= last:
-                starts += s
-                accepted += a
-        return starts, accepted
-
-    def wait(self, now: float) -> float:
-        """Seconds until the next request may start (0: now)."""
-        if now < self.paused_until:
-            return self.paused_until - now
-        if self.rate is None:
-            return 0.0
-        return max(0.0, self._tat - self.BURST_SECONDS - now)
-
-    def held_back(self, now: float) -> None:
-        """Note that a due request waited for the pace (the budget, not the demand, was the limit)."""
-        self._held_at = now
-
-    def take(self, now: float) -> int:
-        """Start a request now (after :meth:`wait` said 0); its epoch, to give back with its answer."""
-        if self.rate is not None:
-            self._tat = max(self._tat, now) + 1.0 / self.rate
-        self._bucket(now)[1] += 1
-        return self.epoch
-
-    def answered(self, now: float, started: float) -> None:
-        """
-        A request started at ``started`` got an answer that was not a refusal.
-
-        :param now: when it arrived.
-        :param started: when the request started.
-        """
-        self._bucket(started)[2] += 1
-        self._pauses_in_row = 0
-        rate = self.rate
-        if rate is None or now - started > self.FAST_ANSWER or now - self._held_at > 1.0:
-            return
-        seen = self.limit_seen
-        if seen is None or rate < 0.5 * seen:
-            rate += self.SLOW_START_GAIN  # per answer: the pace grows exponentially
-        else:  # per second: 5% of the rate last refused, and 0.5% once within 10% of it
-            rate += (0.05 if rate < 0.9 * seen else 0.005) * seen / rate
-        self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
-
-    def refused(self, now: float, started: float, epoch: int, retry_after: float | None) -> float:
-        """
-        A request got a 429: pause every request, and cut the pace once per refusal of the current pace.
-
-        :param now: when the refusal arrived.
-        :param started: when the refused request started.
-        :param epoch: what :meth:`take` returned for it.
-        :param retry_after: the service's ``Retry-After``, in seconds, if it sent one.
-        :return: the pause, in seconds.
-        """
-        self.refusals += 1
-        if retry_after is None:
-            pause = min(MAX_PAUSE, PAUSE_WITHOUT_RETRY_AFTER * 2**self._pauses_in_row)
-        else:
-            pause = min(MAX_PAUSE, max(0.0, retry_after)) * random.uniform(1.0, 1.05)
-        if now + pause > self.paused_until:
-            self.paused_until = now + pause
-            self._pauses_in_row += 1
-        if epoch != self.epoch:
-            return pause  # started before the last cut: already accounted for
-        self.epoch += 1
-        starts, accepted = self._counts_before(started)
-        if accepted >= self.MIN_SAMPLE:  # what the service let through: a measure of its limit
-            self.limit_seen = float(accepted)
-            rate = 0.9 * accepted
-        else:  # too few answers to say (a stray 429, or a budget spent for a while): start slow, find it again
-            self.limit_seen = None
-            rate = 0.5 * starts
-        if self.rate is not None:
-            rate = min(rate, 0.85 * self.rate)
-        rate = max(self.MIN_RATE, rate)
-        self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
-        self._tat = self.paused_until
-        log.warning(
-            "CometAPI refused a status poll (429): pausing every poll of the connection for %.1fs, then at most "
-            "%.1f requests per second.",
-            pause,
-            self.rate,
-        )
-        return pause
 
 
 class _Watcher:
@@ -281,7 +131,7 @@ class SharedPoller:
         #: requests in flight allowed now: grows by one per answer up to ``max_in_flight``, halves on a 429, so an
         #: unknown service is not sent the whole pool's worth of requests before its first answer
         self.window = min(INITIAL_WINDOW, self.max_in_flight)
-        self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=RetryPolicy(max_retries=0))
+        self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=POLL_ERRORS)
         self.budget = RequestBudget()
         self.entries: dict[str, _Entry] = {}
         #: status requests started, and answered (or failed) so far
@@ -556,8 +406,7 @@ class SharedPoller:
                 self._finish(watcher, polls_failed(result, watcher.errors))
         if entry.watchers:
             log.warning("Polling prediction %s failed (%d in a row): %s", entry.pid, entry.errors, result)
-            backoff = min(ERROR_BACKOFF_MAX, ERROR_BACKOFF * 2 ** (entry.errors - 1)) * random.uniform(0.5, 1.0)
-            self._schedule(entry, now + max(backoff, next(entry.delays)))
+            self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), next(entry.delays)))
 
 
 # One poller per event loop and connection id.

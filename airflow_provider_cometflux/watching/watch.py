@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow_provider_cometflux.events import error_event, prediction_event, timeout_event
 from airflow_provider_cometflux.exceptions import CometAPIConnectionConfigError, CometAPIError, PredictionTimeoutError
-from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS
+from airflow_provider_cometflux.pacing import MAX_CONSECUTIVE_POLL_ERRORS
 
 log = logging.getLogger(__name__)
 
