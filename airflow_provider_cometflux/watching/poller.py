@@ -23,7 +23,10 @@ the status requests for all of them:
   (its answer still serves the other watchers of that id, or is dropped), and the poller stops, closing its hook,
   once nothing is watched and nothing is in flight.
 
-One coroutine per poller dispatches; one task per request in flight; per watcher a future and a deadline timer.
+One coroutine per poller dispatches; one task per request in flight; per watcher a future. The poller keeps its own
+schedules (polls by when they are due, watchers by their deadline) and holds at most one loop timer for each, so
+thousands of watchers add nothing to the event loop's own timer heap. The dispatcher starts at most
+:data:`DISPATCH_BATCH` polls per turn of the loop, so a crowd of due polls never holds the loop for long.
 Nothing blocks the loop and nothing busy-waits.
 """
 
@@ -65,12 +68,14 @@ COALESCE = 0.005
 INITIAL_WINDOW = 16
 #: The first polls of watchers registered together are spread over up to this many seconds.
 FIRST_POLL_SPREAD = 0.25
+#: Polls started in one turn of the event loop at most (each costs a request's set-up and send).
+DISPATCH_BATCH = 32
 
 
 class _Watcher:
     """One awaiting coroutine's registration: its future, its bounds and its own run of errors."""
 
-    __slots__ = ("end_time", "entry", "errors", "future", "interval", "max_errors", "started", "timer")
+    __slots__ = ("deadline", "end_time", "entry", "errors", "future", "interval", "max_errors", "started")
 
     def __init__(
         self, future: asyncio.Future[Prediction], interval: float, end_time: float | None, max_errors: int
@@ -81,7 +86,8 @@ class _Watcher:
         self.max_errors = max_errors
         self.errors = 0
         self.started = time.time()
-        self.timer: asyncio.TimerHandle | None = None
+        #: the loop time of ``end_time`` while it is in the poller's deadline heap, else ``None``
+        self.deadline: float | None = None
         self.entry: _Entry | None = None
 
 
@@ -142,6 +148,13 @@ class SharedPoller:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Future[None] | None = None
+        #: the loop time the dispatcher sleeps until (``inf``: until poked), and its one timer
+        self._sleeping_until = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        #: watchers by deadline (stale items of finished watchers are skipped), and its one timer
+        self._deadlines: list[tuple[float, int, _Watcher]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._watchers = 0
         self._stopped = False
         self.task: asyncio.Task[None] = loop.create_task(self._run(), name=f"cometflux-poller-{cometapi_conn_id}")
 
@@ -163,28 +176,30 @@ class SharedPoller:
         if entry is None:
             entry = self.entries[pid] = _Entry(pid, poll_interval)
             self._schedule(entry, now + random.uniform(0.0, min(FIRST_POLL_SPREAD, poll_interval)))
+            if entry.due < self._sleeping_until:
+                self._poke()
         elif poll_interval < entry.interval:  # polled at the smaller interval from now on
             entry.interval = poll_interval
             entry.delays = poll_delays(poll_interval)
             soon = now + next(entry.delays)
             if not entry.in_flight and soon < entry.due:
                 self._schedule(entry, soon)
+                self._poke()
         watcher.entry = entry
         entry.watchers.append(watcher)
+        self._watchers += 1
         if end_time is not None:
-            watcher.timer = loop.call_at(now + (end_time - time.time()), self._expire, watcher)
-        self._poke()
+            self._add_deadline(watcher, now + (end_time - time.time()))
         return watcher
 
     def unregister(self, watcher: _Watcher) -> None:
         """Forget one watcher (its coroutine was cancelled or is done); the others are left alone."""
-        if watcher.timer is not None:
-            watcher.timer.cancel()
-            watcher.timer = None
+        watcher.deadline = None  # its item in the deadline heap is stale from now on
         entry = watcher.entry
         if entry is None:
             return
         watcher.entry = None
+        self._watchers -= 1
         if watcher in entry.watchers:
             entry.watchers.remove(watcher)
         if not entry.watchers:
@@ -205,11 +220,52 @@ class SharedPoller:
         else:
             future.set_result(result)
 
+    # -- deadlines --------------------------------------------------------------------------------------------
+
+    def _add_deadline(self, watcher: _Watcher, at: float) -> None:
+        """Give up on ``watcher`` at loop time ``at``."""
+        watcher.deadline = at
+        self._seq += 1
+        heap = self._deadlines
+        heapq.heappush(heap, (at, self._seq, watcher))
+        if len(heap) > 2 * self._watchers + 64:  # stale items of finished watchers
+            self._deadlines = heap = [item for item in heap if item[2].deadline == item[0]]
+            heapq.heapify(heap)
+        self._arm_deadlines()
+
+    def _arm_deadlines(self) -> None:
+        """Keep the one deadline timer set for the earliest deadline still current."""
+        heap = self._deadlines
+        while heap and heap[0][2].deadline != heap[0][0]:
+            heapq.heappop(heap)
+        timer = self._deadline_timer
+        if not heap:
+            if timer is not None:
+                timer.cancel()
+                self._deadline_timer = None
+            return
+        at = heap[0][0]
+        if timer is not None and timer.when() <= at:
+            return  # it fires in time (perhaps early, and is then set again)
+        if timer is not None:
+            timer.cancel()
+        self._deadline_timer = self.loop.call_at(at, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        heap = self._deadlines
+        now = self.loop.time()
+        while heap and heap[0][0] <= now:
+            at, _, watcher = heapq.heappop(heap)
+            if watcher.deadline == at:
+                self._expire(watcher)
+        self._arm_deadlines()
+
     def _expire(self, watcher: _Watcher) -> None:
         """A watcher's ``end_time`` came: it gives up, saying how long it waited and what it saw last."""
         from airflow_provider_cometflux.hooks.cometapi import gave_up_text
 
-        watcher.timer = None
+        watcher.deadline = None
         entry = watcher.entry
         status, error = (entry.status, entry.error) if entry is not None else ("unknown", None)
         text = gave_up_text(time.time() - watcher.started, None, status, error)
@@ -236,17 +292,34 @@ class SharedPoller:
         if self._wakeup is not None:
             _wake(self._wakeup)
 
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._poke()
+
     async def _sleep(self, seconds: float | None) -> None:
-        """Sleep until ``seconds`` pass (``None``: until poked), or until poked."""
-        future = self.loop.create_future()
+        """
+        Sleep until ``seconds`` pass (``None``: until poked), or until poked.
+
+        The one wake-up timer is kept when it fires in time (a timer firing early only means one more look at the
+        schedule), so a poke does not cost a timer made and cancelled.
+        """
+        loop = self.loop
+        future = loop.create_future()
         self._wakeup = future
-        timer = None if seconds is None else self.loop.call_later(seconds, _wake, future)
+        until = math.inf
+        if seconds is not None:
+            until = loop.time() + seconds
+            timer = self._timer
+            if timer is None or timer.when() > until:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(until, self._timer_fired)
+        self._sleeping_until = until
         try:
             await future
         finally:
             self._wakeup = None
-            if timer is not None:
-                timer.cancel()
+            self._sleeping_until = -math.inf
 
     async def _run(self) -> None:
         try:
@@ -262,6 +335,10 @@ class SharedPoller:
                 raise
         finally:
             self._retire()
+            for timer in (self._timer, self._deadline_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._timer = self._deadline_timer = None
             for task in list(self._tasks):  # only when the loop itself is going away: nobody is left to serve
                 task.cancel()
             try:
@@ -290,7 +367,11 @@ class SharedPoller:
             self.budget = RequestBudget(ceiling / 60.0)
         loop = self.loop
         budget = self.budget
+        started = 0  # polls started in this turn of the loop
         while True:
+            if started >= DISPATCH_BATCH:  # let the loop run what is ready (answers, timers) before starting more
+                started = 0
+                await asyncio.sleep(0)
             if not self.entries and not self._in_flight:
                 self._retire()  # from now on a new watcher gets a new poller
                 return
@@ -298,20 +379,24 @@ class SharedPoller:
             while heap and not self._current(heap[0]):
                 heapq.heappop(heap)
             if not heap:
+                started = 0
                 await self._sleep(None)
                 continue
             now = loop.time()
             due = heap[0][0]
             if due > now + COALESCE:  # polls due within a few ms go together: one wake-up, not one each
+                started = 0
                 await self._sleep(due - now)
                 continue
             if self._in_flight >= self.window:
+                started = 0
                 await self._sleep(None)
                 continue
             wait = budget.wait(now)
             if wait > 0:
                 if now >= budget.paused_until:
                     budget.held_back(now)
+                started = 0
                 await self._sleep(wait)
                 continue
             entry = heapq.heappop(heap)[2]
@@ -322,6 +407,7 @@ class SharedPoller:
             task = loop.create_task(self._poll(entry, now, epoch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            started += 1
 
     # -- one poll --------------------------------------------------------------------------------------------
 

@@ -74,6 +74,18 @@ async def watch_events(
     :param stop_after: stop watching after this many seconds (the rest continues elsewhere); ``None``: watch
         every prediction to its event.
     """
+    results: list[dict[str, Any] | None] = [None] * len(prediction_ids)
+    watched = [index for index, pid in enumerate(prediction_ids) if pid is not None]
+    if stop_after is None and len(watched) == 1:  # one trigger, one prediction: no task or wait of its own
+        index = watched[0]
+        results[index] = await watch_event(
+            cometapi_conn_id,
+            str(prediction_ids[index]),
+            poll_interval=poll_interval,
+            end_time=end_time,
+            max_consecutive_errors=max_consecutive_errors,
+        )
+        return results
     tasks: dict[int, asyncio.Task[dict[str, Any]]] = {
         index: asyncio.ensure_future(
             watch_event(
@@ -87,7 +99,6 @@ async def watch_events(
         for index, pid in enumerate(prediction_ids)
         if pid is not None
     }
-    results: list[dict[str, Any] | None] = [None] * len(prediction_ids)
     try:
         if tasks:
             await asyncio.wait(set(tasks.values()), timeout=stop_after)
