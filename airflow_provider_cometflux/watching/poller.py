@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import importlib
 import logging
 import math
 import random
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -362,6 +364,8 @@ class SharedPoller:
                     self._finish(watcher, exc)
 
     async def _dispatch(self) -> None:
+        if "aiohttp" not in sys.modules:  # a fresh triggerer: import the HTTP client in a thread, not in the loop
+            await asyncio.to_thread(importlib.import_module, "aiohttp")
         ceiling = await self.hook.arequests_per_minute()
         if ceiling is not None:
             self.budget = RequestBudget(ceiling / 60.0)
