@@ -298,9 +298,13 @@ class SharedPoller:
         self._timer = None
         self._poke()
 
-    async def _sleep(self, seconds: float | None) -> None:
+    async def _sleep(self, seconds: float | None, *, for_due: bool = True) -> None:
         """
         Sleep until ``seconds`` pass (``None``: until poked), or until poked.
+
+        :param seconds: how long at most.
+        :param for_due: whether a new registration due sooner wakes it (not while the window or the budget is
+            what holds polls back: answers and the timer wake it then).
 
         The one wake-up timer is kept when it fires in time (a timer firing early only means one more look at the
         schedule), so a poke does not cost a timer made and cancelled.
@@ -316,7 +320,7 @@ class SharedPoller:
                 if timer is not None:
                     timer.cancel()
                 self._timer = loop.call_at(until, self._timer_fired)
-        self._sleeping_until = until
+        self._sleeping_until = until if for_due else -math.inf
         try:
             await future
         finally:
@@ -394,14 +398,14 @@ class SharedPoller:
                 continue
             if self._in_flight >= self.window:
                 started = 0
-                await self._sleep(None)
+                await self._sleep(None, for_due=False)
                 continue
             wait = budget.wait(now)
             if wait > 0:
                 if now >= budget.paused_until:
                     budget.held_back(now)
                 started = 0
-                await self._sleep(wait)
+                await self._sleep(wait, for_due=False)
                 continue
             entry = heapq.heappop(heap)[2]
             entry.in_flight = True
