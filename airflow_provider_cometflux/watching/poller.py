@@ -256,7 +256,7 @@ class SharedPoller:
     def _deadlines_due(self) -> None:
         self._deadline_timer = None
         heap = self._deadlines
-        now = self.loop.time()
+        now = self.loop.time() + 0.001  # a loop timer may fire a hair early: never set it again for a past time
         while heap and heap[0][0] <= now:
             at, _, watcher = heapq.heappop(heap)
             if watcher.deadline == at:
