@@ -202,7 +202,7 @@ class PredictionJob:
             has its event (a ``timeout`` event at ``end_time``).
         :return: the events, in order.
         """
-        from airflow_provider_cometflux.triggers.watch import watch_events
+        from airflow_provider_cometflux.watching.watch import watch_events
 
         ids = self.submitted.ids if self.submitted is not None else [None] * len(events)
         watching = [pid if events[i] is None else None for i, pid in enumerate(ids)]

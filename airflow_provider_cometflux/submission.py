@@ -3,8 +3,9 @@
 :func:`submit` first decides what to do with the predictions an earlier attempt of the task saved (the vocabulary of
 Airflow's ``ResumableJobMixin``: *reconnect* to one still running, keep one *already succeeded*, *submit anew* one
 that ended failed, canceled, aborted, empty or gone), then creates every prompt that has no prediction, spaced at
-``creates_per_minute`` (a 429 pauses every create for its ``Retry-After`` and slows the pace), and reports each new
-id at once so the caller can save it before anything else happens. Should the worker die, a retry of the task
+``creates_per_minute`` (:class:`~airflow_provider_cometflux.pacing.Pacer`: a 429 pauses every create for its
+``Retry-After`` and slows the pace), and reports each new id at once so the caller can save it before anything else
+happens. Should the worker die, a retry of the task
 resumes from the saved ids and creates only the prompts that have none.
 """
 
@@ -12,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from airflow_provider_cometflux.exceptions import (
     CometAPIError,
 )
 from airflow_provider_cometflux.models import FAILED_STATUSES, Prediction, check_prediction_id
+from airflow_provider_cometflux.pacing import Pacer
 
 if TYPE_CHECKING:
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
@@ -37,70 +38,6 @@ DEFAULT_CREATES_PER_MINUTE = 600.0
 RESUME_READ_SECONDS = 60.0
 #: Creates (or resume reads) open at once.
 CREATE_CONCURRENCY = 8
-
-
-class Pacer:
-    """
-    Spaces calls evenly at ``per_minute``, never lets more than ``per_minute`` start within ``window`` seconds,
-    and holds calls back during a pause (after a 429). One coroutine waits on it at a time.
-
-    :param per_minute: the steady rate.
-    :param window: the length of the service's rate-limit window, in seconds.
-    :param clock: monotonic seconds (default: the running event loop's clock).
-    :param sleep: how to wait (default ``asyncio.sleep``).
-    """
-
-    def __init__(
-        self,
-        per_minute: float,
-        *,
-        window: float = 60.0,
-        clock: Callable[[], float] | None = None,
-        sleep: Callable[[float], Awaitable[Any]] | None = None,
-    ) -> None:
-        if isinstance(per_minute, bool) or not per_minute > 0:
-            raise ValueError(f"per_minute must be above 0, not {per_minute!r}")
-        self._clock = clock or (lambda: asyncio.get_running_loop().time())
-        self._sleep = sleep or asyncio.sleep
-        self.base_interval = window / per_minute
-        self.interval = self.base_interval
-        self.window = window
-        self.rate_limited = 0
-        self._next = -math.inf
-        self._paused_until = -math.inf
-        self._last_limited = -math.inf
-        self._starts: deque[float] = deque(maxlen=max(1, int(per_minute)))
-
-    async def wait(self) -> None:
-        """Return when the next call may start."""
-        while True:
-            now = self._clock()
-            slot = max(now, self._next, self._paused_until)
-            if len(self._starts) == self._starts.maxlen:
-                slot = max(slot, self._starts[0] + self.window)  # no more than per_minute in any window
-            if slot <= now:
-                break
-            await self._sleep(slot - now)
-        self._next = max(slot + self.interval, now)
-        self._starts.append(now)
-
-    def answered(self) -> None:
-        """Note a call that went through: a minute without a 429 brings the pace back to its base."""
-        if self.interval > self.base_interval and self._clock() - self._last_limited > self.window:
-            self.interval = self.base_interval
-
-    def limited(self, delay: float) -> None:
-        """
-        Note a 429: pause every call for ``delay`` seconds and, once per pause, slow the pace by a quarter.
-
-        :param delay: how long the service asked to wait (its ``Retry-After``, with jitter).
-        """
-        now = self._clock()
-        self.rate_limited += 1
-        if now >= self._paused_until:
-            self.interval = min(self.interval * 1.25, self.base_interval * 8)
-        self._paused_until = max(self._paused_until, now + delay)
-        self._last_limited = now
 
 
 @dataclass
@@ -163,8 +100,8 @@ async def submit(
 
     def retried(error: CometAPIError, delay: float) -> None:
         if error.http_status == 429:
-            pacer.limited(delay)
-            log.warning("The service limits the create rate (429); pausing creates for %.1fs.", delay)
+            pause = pacer.limited(error.retry_after)
+            log.warning("The service limits the create rate (429); pausing creates for %.1fs.", pause)
 
     async def create(index: int) -> None:
         try:
@@ -186,6 +123,11 @@ async def submit(
         finally:
             limit.release()
 
+    if todo:
+        try:  # the connection is read once before the first create, so the creates start in prompt order
+            await hook.arequests_per_minute()
+        except CometAPIConnectionConfigError as exc:
+            fatal.append(exc)
     tasks: set[asyncio.Task[None]] = set()
     try:
         while todo and not fatal:

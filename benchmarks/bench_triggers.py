@@ -223,7 +223,7 @@ async def per_trigger_watch(hook: Any, pid: str, *, poll_interval: float, end_ti
     """
     from airflow_provider_cometflux.exceptions import CometAPIError
     from airflow_provider_cometflux.models import Prediction
-    from airflow_provider_cometflux.retries import poll_delays
+    from airflow_provider_cometflux.pacing import poll_delays
 
     delays = poll_delays(poll_interval)
     errors = 0
@@ -289,7 +289,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             break
 
     async def run_watch(pid: str) -> None:
-        from airflow_provider_cometflux.triggers.poller import watch_prediction
+        from airflow_provider_cometflux.watching.poller import watch_prediction
 
         try:
             prediction = await watch_prediction(

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_cometflux.retries import RetryPolicy
+from airflow_provider_cometflux.pacing import RetryPolicy
 
 # pytest_plugins = ["airflow_provider_cometflux.testing.pytest_plugin"]
 

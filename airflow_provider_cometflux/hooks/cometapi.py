@@ -1,4 +1,4 @@
-"""The CometAPI hook: the API (create, get, cancel, wait, download) over the one transport of ``transport.py``.
+"""The CometAPI hook: the API (create, get, cancel, download) over the one transport of ``transport.py``.
 
 Together with :mod:`~airflow_provider_cometflux.hooks.transport` it is the only code of this provider that speaks
 HTTP. Sync calls use one ``requests`` session per hook; async calls (for triggers) use one ``aiohttp`` session per
@@ -22,7 +22,6 @@ from airflow_provider_cometflux.exceptions import (
     CometAPIError,
     CometFluxInputError,
     PredictionMayExistError,
-    PredictionTimeoutError,
 )
 from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE
 from airflow_provider_cometflux.hooks.connection import (
@@ -36,13 +35,11 @@ from airflow_provider_cometflux.hooks.connection import (
 from airflow_provider_cometflux.hooks.download import Download, Sink, sync_download
 from airflow_provider_cometflux.hooks.transport import USER_AGENT, async_request, sync_request
 from airflow_provider_cometflux.models import (
-    Prediction,
     check_prediction_id,
-    note_status,
     safe_text,
     split_model,
 )
-from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS, RetryPolicy, poll_delays
+from airflow_provider_cometflux.pacing import RetryPolicy
 
 if TYPE_CHECKING:
     import requests
@@ -360,60 +357,6 @@ class CometAPIHook(BaseHook):
         except CometAPIError as exc:
             _cancel_not_done(pid, exc)
             return None
-
-    def wait_for_prediction(
-        self,
-        prediction_id: str,
-        *,
-        poll_interval: float = 2.0,
-        timeout: float | None = 600.0,
-        max_consecutive_errors: int = MAX_CONSECUTIVE_POLL_ERRORS,
-    ) -> dict[str, Any]:
-        """
-        Poll until the prediction is terminal (``succeeded``, ``failed``, ``canceled`` or ``aborted``).
-
-        Polls come quickly at first, then every ``poll_interval`` seconds. An unknown status counts as in flight.
-        ``timeout`` bounds the whole wait, slow answers (even one arriving a byte at a time) and retries
-        included. It tolerates ``max_consecutive_errors - 1`` polls in a row failing transiently.
-
-        :param prediction_id: the prediction's id.
-        :param poll_interval: the steady delay between polls, in seconds.
-        :param timeout: give up after this many seconds (``None``: never).
-        :param max_consecutive_errors: this many polls failing in a row raise the last poll's error.
-        :return: the terminal prediction JSON (whatever its status: the caller decides what failure means).
-        :raises PredictionTimeoutError: at the deadline, saying how long it waited and the last status seen.
-        """
-        pid = check_prediction_id(prediction_id)
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        delays = poll_delays(poll_interval)
-        errors = 0
-        last_status = "unknown"
-        last_error: CometAPIError | None = None
-        while deadline is None or time.monotonic() < deadline:
-            try:
-                raw = self._call("GET", f"/predictions/{pid}", op="get", prediction_id=pid, deadline=deadline)
-            except CometAPIError as exc:
-                if not exc.transient:
-                    raise
-                errors, last_error = errors + 1, exc
-                if errors >= max_consecutive_errors and (deadline is None or time.monotonic() < deadline):
-                    raise polls_failed(exc, errors) from None
-                log.warning("Polling prediction %s failed (%d in a row): %s", pid, errors, exc)
-            else:
-                prediction = Prediction(_same_prediction(pid, raw))
-                if prediction.is_terminal:
-                    return dict(prediction.raw)
-                errors, last_error = 0, None
-                last_status = prediction.status
-                note_status(prediction)
-            delay = next(delays)
-            if deadline is not None:
-                delay = max(0.0, min(delay, deadline - time.monotonic()))
-            time.sleep(delay)
-        raise PredictionTimeoutError(
-            gave_up_text(time.monotonic() - started, timeout, last_status, last_error), prediction_id=pid
-        )
 
     def download_output(
         self,

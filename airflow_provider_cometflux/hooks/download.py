@@ -27,7 +27,7 @@ from airflow_provider_cometflux.hooks.transport import (
     service_error,
 )
 from airflow_provider_cometflux.models import safe_text
-from airflow_provider_cometflux.retries import RetryPolicy
+from airflow_provider_cometflux.pacing import RetryPolicy
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,8 @@ def sync_download(
             if isinstance(exc, (OutputExpiredError, OutputTooLargeError)):
                 raise
             delay = retrier.delay(Answer(error=exc, retryable=exc.transient), attempt)
+            if delay is None:
+                raise
         time.sleep(delay)
         attempt += 1
 

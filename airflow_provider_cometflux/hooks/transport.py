@@ -29,7 +29,7 @@ from airflow_provider_cometflux.exceptions import (
     PredictionMayExistError,
 )
 from airflow_provider_cometflux.models import safe_text
-from airflow_provider_cometflux.retries import RetryPolicy, is_retryable_status, parse_retry_after
+from airflow_provider_cometflux.pacing import RetryPolicy, is_retryable_status, parse_retry_after
 
 if TYPE_CHECKING:
     import aiohttp
@@ -190,6 +190,13 @@ class KeyHolder(Protocol):
     def api_key(self) -> str: ...
 
 
+def failure(answer: Answer) -> CometAPIError:
+    """The error an answer without data comes to (one is always there; a generic one stands in otherwise)."""
+    if answer.error is not None:
+        return answer.error
+    return CometAPIError("the service gave no usable answer", transient=answer.retryable)
+
+
 class BodyTooLarge(Exception):
     """An answer longer than the limit its reader was given."""
 
@@ -200,7 +207,7 @@ class DeadlineReached(Exception):
 
 class Retrier:
     """
-    The one retry decision of every face: how long to wait before the next try, or raise the error.
+    The one retry decision of every face: how long to wait before the next try, or none (the error stands).
 
     :param policy: backoff and limits.
     :param deadline: ``time.monotonic()`` seconds after which no try starts and no wait ends, or ``None``.
@@ -210,25 +217,26 @@ class Retrier:
         self.policy = policy
         self.deadline = deadline
 
-    def delay(self, answer: Answer, attempt: int) -> float:
+    def delay(self, answer: Answer, attempt: int) -> float | None:
         """
-        :return: seconds to wait before try ``attempt + 2``.
-        :raises CometAPIError: the answer's error, when it is final, the tries are used up, the service asked
-            for a longer pause than the policy waits, or the wait would pass the deadline.
+        Decide about another try; nothing is changed on the answer or its error.
+
+        :param answer: what try ``attempt + 1`` came to (an answer without data).
+        :param attempt: how many tries failed before this one.
+        :return: seconds to wait before try ``attempt + 2``, or ``None`` when the answer's error is the outcome
+            (it is final, the tries are used up, the service asked for a longer pause than the policy waits, or
+            the wait would pass the deadline): raise :func:`failure` of the answer.
         """
-        error = answer.error
-        if error is None:  # an answer without data always carries its error; be explicit all the same
-            error = CometAPIError("the service gave no usable answer")
-        error.transient = answer.retryable
         policy = self.policy
         if not answer.retryable or attempt >= policy.max_retries:
-            raise error
+            return None
+        error = failure(answer)
         if not policy.honours(answer.retry_after):
             log.warning("%s; the service asks to wait %.0fs before trying again: giving up.", error, answer.retry_after)
-            raise error
+            return None
         delay = policy.delay(attempt, answer.retry_after)
         if self.deadline is not None and time.monotonic() + delay >= self.deadline:
-            raise error
+            return None
         log.warning("%s; retrying in %.1fs (try %d of %d).", error, delay, attempt + 2, policy.max_retries + 1)
         return delay
 
@@ -332,7 +340,10 @@ def sync_request(
             answer = _too_large(op, prediction_id)
         if answer.data is not None:
             return answer.data
-        time.sleep(retrier.delay(answer, attempt))  # raises once no retry is left
+        delay = retrier.delay(answer, attempt)
+        if delay is None:
+            raise failure(answer)
+        time.sleep(delay)
         attempt += 1
 
 
@@ -433,7 +444,9 @@ async def async_request(
             answer = _too_large(op, prediction_id)
         if answer.data is not None:
             return answer.data
-        delay = retrier.delay(answer, attempt)  # raises once no retry is left
+        delay = retrier.delay(answer, attempt)
+        if delay is None:
+            raise failure(answer)
         if on_retry is not None and answer.error is not None:
             on_retry(answer.error, delay)
         await asyncio.sleep(delay)

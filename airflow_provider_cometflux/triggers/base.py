@@ -70,7 +70,7 @@ class PredictionsTrigger(BaseTrigger):
 
     async def watch(self, prediction_ids: Sequence[str | None]) -> list[dict[str, Any] | None]:
         """Every prediction's event, through the event loop's shared poller (``None`` where the id is ``None``)."""
-        from airflow_provider_cometflux.triggers.watch import watch_events
+        from airflow_provider_cometflux.watching.watch import watch_events
 
         return await watch_events(
             self.cometapi_conn_id,

@@ -7,7 +7,7 @@ from typing import Any
 
 from airflow.triggers.base import TriggerEvent
 
-from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS
+from airflow_provider_cometflux.pacing import MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_cometflux.triggers.base import PredictionsTrigger
 
 

@@ -1,13 +1,19 @@
-"""The retry policy and deadlines, in the sync and async halves of the hook and in the trigger: Retry-After is
-honoured (seconds or HTTP date, even above the backoff cap), no wait passes a deadline (slow polls included),
-a bounded run of failed polls is tolerated, answers are checked, and a key the service echoes is blanked out."""
+"""The retry policy and deadlines, in the sync and async halves of the hook, in the worker's inline wait (what the
+operators run: ``lifecycle.settle``) and in the trigger: Retry-After is honoured (seconds or HTTP date, even above
+the backoff cap), no wait passes a deadline (slow polls included), a bounded run of failed polls is tolerated,
+answers are checked, and a key the service echoes is blanked out."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import threading
 import time
+from collections.abc import Iterator
 from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 import requests
@@ -16,12 +22,14 @@ from airflow_provider_cometflux.exceptions import (
     CometAPIAuthError,
     CometAPIError,
     PredictionMayExistError,
-    PredictionTimeoutError,
 )
 from airflow_provider_cometflux.hooks import cometapi
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook, close_async_session
-from airflow_provider_cometflux.retries import RetryPolicy
+from airflow_provider_cometflux.lifecycle import PredictionJob, settle
+from airflow_provider_cometflux.pacing import RetryPolicy
+from airflow_provider_cometflux.submission import Submitted
 from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+from airflow_provider_cometflux.watching import poller
 from tests.conftest import BASE, TEST_KEY, prediction_json
 
 SCHNELL = "black-forest-labs/flux-schnell"
@@ -113,13 +121,31 @@ def slow_polls_from_now_on(sim, after: float) -> threading.Timer:
     return timer
 
 
+def inline_wait(pid: str, *, poll_interval: float, seconds: float) -> dict[str, Any]:
+    """Wait for a created prediction as an operator with ``deferrable=False`` does: ``lifecycle.settle``."""
+    job = PredictionJob(
+        CometAPIHook(), SCHNELL, [{"prompt": "a"}], "test", poll_interval=poll_interval, end_time=time.time() + seconds
+    )
+    job.submitted = Submitted(ids=[pid])
+    events = settle(job, "cometapi_default", [None], deferrable=False, defer_after=0)
+    assert events is not None and events[0] is not None
+    return events[0]
+
+
+@pytest.fixture
+def fast_poll_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed polls back off without real waiting (the poller's hook still retries nothing itself)."""
+    monkeypatch.setattr(poller, "POLL_ERRORS", RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.01))
+
+
 def test_inline_wait_deadline_cuts_a_slow_poll(cometapi_connection):
     sim = cometapi_connection
     pid = create(sim, "a cat [sim:stuck]")
     slow_polls_from_now_on(sim, 0.3)
     started = time.monotonic()
-    with pytest.raises(PredictionTimeoutError, match=r"gave up after \ds \(timeout 1.5s\); last status 'processing'"):
-        CometAPIHook().wait_for_prediction(pid, poll_interval=0.2, timeout=1.5)
+    event = inline_wait(pid, poll_interval=0.2, seconds=1.5)
+    assert event["status"] == "timeout"
+    assert re.search(r"gave up after \ds; last status 'processing'", event["message"])
     assert time.monotonic() - started < 3
 
 
@@ -138,21 +164,33 @@ async def test_trigger_deadline_cuts_a_slow_poll(cometapi_connection):
 # -- a bounded run of failed polls -----------------------------------------------------------------------------
 
 
-def test_inline_wait_tolerates_failed_polls_then_gives_up(hook, requests_mock):
-    failing = [{"status_code": 503, "json": {"error": {"message": "overloaded"}}}] * 4  # one poll: 4 tries
-    requests_mock.get(GET, [{"json": prediction_json(status="processing")}, *failing, *failing, *failing])
-    with pytest.raises(CometAPIError, match=r"overloaded .*\(3 polls in a row failed\)") as info:
-        hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=30, max_consecutive_errors=3)
-    assert info.value.transient and requests_mock.call_count == 13
+def test_inline_wait_tolerates_failed_polls_then_gives_up(cometapi_connection, fast_poll_backoff):
+    sim = cometapi_connection
+    pid = create(sim, "a cat [sim:stuck]")
+    sim.add_fault("get", "status", status=503, message="overloaded", times=None)
+    event = inline_wait(pid, poll_interval=0.05, seconds=30)
+    assert event["status"] == "error" and event["error_kind"] == "service"
+    assert re.search(r"overloaded .*\(5 polls in a row failed\)", event["message"])
+    assert sim.stats["gets"] == 5  # one request per poll: the poller decides about retries, its hook does not
 
 
-def test_inline_wait_recovers_after_failed_polls(hook, requests_mock):
-    failing = [{"status_code": 502, "text": "<html>bad gateway</html>"}] * 4
-    done = prediction_json(status="succeeded", output=["https://x/1.webp"])
-    requests_mock.get(
-        GET, [{"json": prediction_json(status="processing")}, *failing, {"text": "{oops"}, {"json": done}]
-    )
-    assert hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=30)["status"] == "succeeded"
+def test_inline_wait_recovers_after_failed_polls(cometapi_connection, fast_poll_backoff):
+    sim = cometapi_connection
+    pid = create(sim, "a cat [sim:fault=get,html,times=3][sim:fault=get,malformed]")  # four failed polls in a row
+    event = inline_wait(pid, poll_interval=0.05, seconds=30)
+    assert event["status"] == "succeeded"
+    assert sim.stats["responses"]["502"] == 3
+
+
+def test_inline_wait_pauses_on_a_429_without_counting_it_as_a_failed_poll(cometapi_connection):
+    sim = cometapi_connection
+    pid = create(sim, "a cat")
+    sim.add_fault("get", "status", status=429, retry_after=1, times=6)  # more refusals than failed polls tolerated
+    started = time.monotonic()
+    event = inline_wait(pid, poll_interval=0.05, seconds=30)
+    assert event["status"] == "succeeded"
+    assert time.monotonic() - started >= 1.0  # Retry-After is waited out
+    assert sim.stats["responses"]["429"] == 6
 
 
 # -- answers are checked ---------------------------------------------------------------------------------------
@@ -165,11 +203,40 @@ def test_create_answer_without_an_id_means_a_prediction_may_exist(hook, requests
     assert requests_mock.call_count == 1
 
 
-def test_poll_answer_about_another_prediction_is_refused(hook, requests_mock):
-    requests_mock.get(GET, json=prediction_json(pid="../../etc/passwd", status="succeeded"))
-    with pytest.raises(CometAPIError, match="answered about") as info:
-        hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=5)
-    assert not info.value.transient
+@pytest.fixture
+def odd_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """A service on loopback whose every status poll answers the body appended to the list it yields."""
+    answers: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(answers[-1]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    conn = {"conn_type": "cometapi", "host": f"http://127.0.0.1:{server.server_address[1]}", "password": TEST_KEY}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    try:
+        yield answers
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_poll_answer_about_another_prediction_is_refused(odd_service):
+    odd_service.append(prediction_json(pid="../../etc/passwd", status="succeeded"))
+    event = inline_wait("p1abc", poll_interval=0.05, seconds=5)
+    assert event["status"] == "error" and "answered about" in event["message"]
+    assert "polls in a row" not in event["message"]  # not transient: the first such answer ends the wait
 
 
 def test_poll_answer_without_an_id_gets_the_one_asked_for(hook, requests_mock):

@@ -8,7 +8,6 @@ import pytest
 
 from airflow_provider_cometflux.exceptions import CometFluxInputError
 from airflow_provider_cometflux.models import Prediction, build_input, normalize_output, split_model, validate_input
-from airflow_provider_cometflux.retries import RetryPolicy, is_retryable_status, parse_retry_after, poll_delays
 from tests.conftest import prediction_json
 
 
@@ -112,30 +111,3 @@ def test_unknown_key_warns(caplog):
 
 def test_unknown_model_passes_through():
     validate_input("acme/other", {"prompt": "a", "anything": object()})
-
-
-def test_retry_policy():
-    assert is_retryable_status(429) and is_retryable_status(524) and is_retryable_status(500)
-    assert not is_retryable_status(500, "invalid_request")
-    for status in (400, 401, 403, 404, 422):
-        assert not is_retryable_status(status)
-    policy = RetryPolicy(base_delay=1, max_delay=8)
-    assert all(0 <= policy.delay(a) <= min(8, 2**a) for a in range(10) for _ in range(20))
-    assert 5 <= policy.delay(0, retry_after=5) <= 6
-    assert 40 <= policy.delay(0, retry_after=40) <= 41  # Retry-After is a floor, even above max_delay
-    assert policy.honours(None) and policy.honours(120) and not policy.honours(121)
-
-
-def test_parse_retry_after():
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
-    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
-
-
-def test_poll_delays_start_quick_then_settle():
-    delays = poll_delays(4.0)
-    first = [next(delays) for _ in range(8)]
-    assert 0.45 <= first[0] <= 0.5
-    assert all(3.6 <= d <= 4.0 for d in first[-3:])  # jittered, never past poll_interval
-    assert len({round(d, 6) for d in first[-3:]}) == 3

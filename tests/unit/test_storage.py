@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 import tracemalloc
 
 import pytest
@@ -11,7 +12,7 @@ import requests
 
 from airflow_provider_cometflux.exceptions import CometAPIError, CometFluxInputError, OutputExpiredError
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
-from airflow_provider_cometflux.retries import RetryPolicy
+from airflow_provider_cometflux.pacing import RetryPolicy
 from airflow_provider_cometflux.storage import as_storage_path, inline_input_images, store_outputs
 from tests.compat import storage_uri
 
@@ -31,7 +32,11 @@ def finished_prediction(sim, prompt: str = "a cat", **inputs) -> tuple[str, list
     """Create a prediction on the simulator and wait until it has its output URLs."""
     hook = CometAPIHook()
     pid = hook.create_prediction("black-forest-labs/flux-schnell", {"prompt": prompt, **inputs})["id"]
-    done = hook.wait_for_prediction(pid, poll_interval=0.05, timeout=10)
+    for _ in range(200):
+        done = hook.get_prediction(pid)
+        if done["status"] == "succeeded":
+            break
+        time.sleep(0.05)
     assert done["status"] == "succeeded"
     return pid, done["output"]
 

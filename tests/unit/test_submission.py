@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 
@@ -10,8 +9,8 @@ import pytest
 
 from airflow_provider_cometflux.exceptions import CometAPIAuthError, PredictionMayExistError
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook, close_async_session
-from airflow_provider_cometflux.retries import RetryPolicy
-from airflow_provider_cometflux.submission import Pacer, submit
+from airflow_provider_cometflux.pacing import RetryPolicy
+from airflow_provider_cometflux.submission import submit
 
 SCHNELL = "black-forest-labs/flux-schnell"
 FAST = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01)
@@ -23,63 +22,8 @@ async def _close_shared_session():
     await close_async_session()
 
 
-class FakeClock:
-    """A clock that only moves when something sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def payloads(*prompts: str) -> list[dict]:
     return [{"prompt": p} for p in prompts]
-
-
-async def test_pacer_spaces_calls_evenly():
-    clock = FakeClock()
-    pacer = Pacer(600, clock=clock.time, sleep=clock.sleep)
-    starts = []
-    for _ in range(5):
-        await pacer.wait()
-        starts.append(clock.now)
-    assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [0.1] * 4
-
-
-async def test_pacer_never_starts_more_than_the_limit_within_a_window():
-    clock = FakeClock()
-    pacer = Pacer(6, clock=clock.time, sleep=clock.sleep)  # one per 10 s, six per minute
-    starts = []
-    for _ in range(8):
-        await pacer.wait()
-        pacer.answered()
-        starts.append(clock.now)
-    for i in range(len(starts) - 6):
-        assert starts[i + 6] - starts[i] >= 60
-
-
-async def test_pacer_pauses_and_slows_on_429_then_recovers():
-    clock = FakeClock()
-    pacer = Pacer(600, clock=clock.time, sleep=clock.sleep)
-    await pacer.wait()
-    pacer.limited(2.0)
-    pacer.limited(2.0)  # the same pause: slows once
-    before = clock.now
-    await pacer.wait()
-    assert clock.now - before >= 2.0
-    assert pacer.interval == pytest.approx(0.125) and pacer.rate_limited == 2
-    clock.now += 61
-    pacer.answered()
-    assert pacer.interval == pytest.approx(0.1)
-
-
-def test_pacer_refuses_a_rate_of_zero():
-    with pytest.raises(ValueError):
-        Pacer(0)
 
 
 @pytest.mark.cometapi_simulator(run_seconds=0.1)

@@ -13,7 +13,6 @@ from airflow_provider_cometflux.exceptions import (
     CometAPIError,
     CometFluxInputError,
     PredictionMayExistError,
-    PredictionTimeoutError,
 )
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
 from tests.conftest import BASE, TEST_KEY, prediction_json
@@ -177,27 +176,6 @@ def test_cancel_unsupported_is_logged_not_raised(hook, requests_mock, caplog, st
     requests_mock.post(CANCEL, status_code=status, text="<html>no</html>")
     assert hook.cancel_prediction("p1abc") is None
     assert "no cancel route" in caplog.text
-
-
-def test_wait_for_prediction_polls_until_terminal(hook, requests_mock):
-    requests_mock.get(
-        GET,
-        [
-            {"json": prediction_json(status="starting")},
-            {"json": prediction_json(status="weird-new-status")},
-            {"json": prediction_json(status="succeeded", output="https://x/1.png")},
-        ],
-    )
-    result = hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=5)
-    assert result["status"] == "succeeded"
-    assert requests_mock.call_count == 3
-
-
-def test_wait_for_prediction_times_out_with_last_status(hook, requests_mock):
-    requests_mock.get(GET, json=prediction_json(status="processing"))
-    with pytest.raises(PredictionTimeoutError, match="last status 'processing'") as info:
-        hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=0.05)
-    assert info.value.prediction_id == "p1abc"
 
 
 def test_host_without_scheme_and_default_host(monkeypatch):

@@ -16,7 +16,7 @@ from airflow_provider_cometflux.exceptions import (
 from airflow_provider_cometflux.hooks import connection
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook, close_async_session
 from airflow_provider_cometflux.hooks.transport import MAX_API_BODY, read_answer
-from airflow_provider_cometflux.retries import RetryPolicy
+from airflow_provider_cometflux.pacing import RetryPolicy
 from tests.conftest import BASE, prediction_json
 
 GET = f"{BASE}/replicate/v1/predictions/p1abc"

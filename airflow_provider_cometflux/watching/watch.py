@@ -1,6 +1,6 @@
 """Watching predictions by id, as events: what the triggers and the worker's inline waits both run.
 
-The polling itself is the shared poller's (:func:`~airflow_provider_cometflux.triggers.poller.watch_prediction`:
+The polling itself is the shared poller's (:func:`~airflow_provider_cometflux.watching.poller.watch_prediction`:
 one request budget per event loop and connection); this module turns what it returns or raises into the events of
 :mod:`~airflow_provider_cometflux.events`, for one prediction or many.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow_provider_cometflux.events import error_event, prediction_event, timeout_event
 from airflow_provider_cometflux.exceptions import CometAPIConnectionConfigError, CometAPIError, PredictionTimeoutError
-from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS
+from airflow_provider_cometflux.pacing import MAX_CONSECUTIVE_POLL_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ async def watch_event(
     :param end_time: epoch seconds after which a ``timeout`` event is returned; ``None`` for no deadline.
     :param max_consecutive_errors: transient poll failures in a row that end the wait with an ``error`` event.
     """
-    from airflow_provider_cometflux.triggers.poller import watch_prediction
+    from airflow_provider_cometflux.watching.poller import watch_prediction
 
     try:
         prediction = await watch_prediction(
@@ -74,6 +74,18 @@ async def watch_events(
     :param stop_after: stop watching after this many seconds (the rest continues elsewhere); ``None``: watch
         every prediction to its event.
     """
+    results: list[dict[str, Any] | None] = [None] * len(prediction_ids)
+    watched = [index for index, pid in enumerate(prediction_ids) if pid is not None]
+    if stop_after is None and len(watched) == 1:  # one trigger, one prediction: no task or wait of its own
+        index = watched[0]
+        results[index] = await watch_event(
+            cometapi_conn_id,
+            str(prediction_ids[index]),
+            poll_interval=poll_interval,
+            end_time=end_time,
+            max_consecutive_errors=max_consecutive_errors,
+        )
+        return results
     tasks: dict[int, asyncio.Task[dict[str, Any]]] = {
         index: asyncio.ensure_future(
             watch_event(
@@ -87,7 +99,6 @@ async def watch_events(
         for index, pid in enumerate(prediction_ids)
         if pid is not None
     }
-    results: list[dict[str, Any] | None] = [None] * len(prediction_ids)
     try:
         if tasks:
             await asyncio.wait(set(tasks.values()), timeout=stop_after)

@@ -5,24 +5,28 @@ after a 429, together they would keep a rate-limited service saturated with refu
 loop registers the prediction it waits for with that loop's :class:`SharedPoller` for the connection, which makes
 the status requests for all of them:
 
-* **one request budget per connection** (:class:`RequestBudget`): a 429 pauses every request of the connection
-  for its ``Retry-After``; the rate then adapts, cut on a refusal to what the service was seen to accept, probed
-  back up while answers come fast and the budget is what holds polls back. With no ceiling on the connection it
-  starts unlimited until the first 429, bounded only by the requests it keeps in flight (a window opening by one
-  per answer up to the shared HTTP pool's size); the connection's ``requests_per_minute`` extra is a ceiling it
-  never passes;
+* **one request budget per connection** (:class:`~airflow_provider_cometflux.pacing.RequestBudget`): a 429
+  pauses every request of the connection for its ``Retry-After``; the rate then adapts, cut on a refusal to what
+  the service was seen to accept, probed back up while answers come fast and the budget is what holds polls back.
+  With no ceiling on the connection it starts unlimited until the first 429, bounded only by the requests it keeps
+  in flight (a window opening by one per answer up to the shared HTTP pool's size); the connection's
+  ``requests_per_minute`` extra is a ceiling it never passes;
 * **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
   a prediction is seen done soon after it ends, and each prediction's own delays come from
-  :func:`~airflow_provider_cometflux.retries.poll_delays` (quick first, then every ``poll_interval``);
+  :func:`~airflow_provider_cometflux.pacing.poll_delays` (quick first, then every ``poll_interval``);
 * **one registration per prediction**: two watchers of the same id share its polls (at the smaller interval);
 * **the poller decides about retries**: its hook retries nothing; a transient failure is tried again at the
-  prediction's next poll, after a growing pause, and ends a watcher after ``max_consecutive_errors`` in a row
-  (a 429 is the budget's matter and never counts against a prediction);
+  prediction's next poll, after a growing pause (:data:`~airflow_provider_cometflux.pacing.POLL_ERRORS`), and
+  ends a watcher after ``max_consecutive_errors`` in a row (a 429 is the budget's matter and never counts against
+  a prediction);
 * **cancel-safe**: cancelling a watcher removes only its own registration; a request in flight is never cancelled
   (its answer still serves the other watchers of that id, or is dropped), and the poller stops, closing its hook,
   once nothing is watched and nothing is in flight.
 
-One coroutine per poller dispatches; one task per request in flight; per watcher a future and a deadline timer.
+One coroutine per poller dispatches; one task per request in flight; per watcher a future. The poller keeps its own
+schedules (polls by when they are due, watchers by their deadline) and holds at most one loop timer for each, so
+thousands of watchers add nothing to the event loop's own timer heap. The dispatcher starts at most
+:data:`DISPATCH_BATCH` polls per turn of the loop, so a crowd of due polls never holds the loop for long.
 Nothing blocks the loop and nothing busy-waits.
 """
 
@@ -30,9 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import importlib
 import logging
 import math
 import random
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -44,7 +50,12 @@ from airflow_provider_cometflux.exceptions import (
     PredictionTimeoutError,
 )
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
-from airflow_provider_cometflux.retries import MAX_CONSECUTIVE_POLL_ERRORS, RetryPolicy, poll_delays
+from airflow_provider_cometflux.pacing import (
+    MAX_CONSECUTIVE_POLL_ERRORS,
+    POLL_ERRORS,
+    RequestBudget,
+    poll_delays,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
@@ -59,168 +70,14 @@ COALESCE = 0.005
 INITIAL_WINDOW = 16
 #: The first polls of watchers registered together are spread over up to this many seconds.
 FIRST_POLL_SPREAD = 0.25
-#: The pause after a 429 without a ``Retry-After``, doubled for each such pause in a row (up to the longest).
-PAUSE_WITHOUT_RETRY_AFTER = 1.0
-#: No pause lasts longer than this, whatever ``Retry-After`` says (watchers' deadlines still hold).
-MAX_PAUSE = RetryPolicy().max_retry_after
-#: After a transient failure a prediction waits at least this long, doubled per failure in a row, up to the max.
-ERROR_BACKOFF = 0.5
-ERROR_BACKOFF_MAX = 30.0
-
-
-class RequestBudget:
-    """
-    How fast the requests of one connection may start: a pace (or none), a pause after a 429, and their adaptation.
-
-    * With no ceiling the budget starts unlimited (and at the ceiling with one) until the first 429.
-    * A 429 pauses every request for its ``Retry-After`` (or a pause growing from
-      :data:`PAUSE_WITHOUT_RETRY_AFTER` without one). The first refusal of a request started under the pace in
-      force also cuts it (multiplicative decrease): to 90% of the answers the service accepted in the second before
-      the refused request started (when there were at least :attr:`MIN_SAMPLE` of them: that count is its limit as
-      seen), else to half the requests started then; and to at most 85% of the pace in force. Refusals of requests
-      started before that cut (already in flight) only extend the pause.
-    * While answers come fast and due polls wait for the pace, the pace goes back up: exponentially while no limit
-      was seen or far below it, then by 5% of the limit seen per second, and by 0.5% per second once within 10%
-      of it (an additive probe, which also finds a raised limit again).
-    * The pace never exceeds ``ceiling`` (requests per second).
-
-    Requests are admitted with a small burst tolerance (:attr:`BURST_SECONDS` ahead of the pace).
-
-    :param ceiling: the most requests per second, or ``None`` for no ceiling.
-    """
-
-    #: How far ahead of the pace a request may start (spares a timer per request at high rates).
-    BURST_SECONDS = 0.02
-    #: The lowest pace, in requests per second.
-    MIN_RATE = 0.2
-    #: The window over which the accepted rate is measured, in buckets of :attr:`BUCKET` seconds.
-    BUCKET = 0.1
-    WINDOW_BUCKETS = 10
-    #: Answers slower than this (seconds) do not count as "fast": no probing up on them.
-    FAST_ANSWER = 2.0
-    #: Accepted answers in the window before a refusal needed to take their count as the service's limit.
-    MIN_SAMPLE = 10
-    #: Far below any limit seen, each fast answer raises the pace by this much (it doubles about every 2 s).
-    SLOW_START_GAIN = 0.35
-
-    def __init__(self, ceiling: float | None = None) -> None:
-        self.ceiling = ceiling
-        #: requests per second, or ``None`` while unlimited
-        self.rate: float | None = ceiling
-        self.paused_until = -math.inf
-        #: incremented at every cut; a request records it when it starts
-        self.epoch = 0
-        #: the accepted rate when the service last refused (what probing is measured against)
-        self.limit_seen: float | None = None
-        self.refusals = 0
-        self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
-        self._pauses_in_row = 0
-        self._held_at = -math.inf
-        size = 2 * self.WINDOW_BUCKETS
-        # per bucket of start time: [bucket number, starts, accepted answers]
-        self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(size)]
-
-    def _bucket(self, started: float) -> list[int]:
-        number = int(started / self.BUCKET)
-        slot = self._buckets[number % len(self._buckets)]
-        if slot[0] != number:
-            slot[0], slot[1], slot[2] = number, 0, 0
-        return slot
-
-    def _counts_before(self, started: float) -> tuple[int, int]:
-        """Starts and accepted answers among the requests started in the window before ``started``."""
-        last = int(started / self.BUCKET)
-        starts = accepted = 0
-        for number, s, a in self._buckets:
-            if last - self.WINDOW_BUCKETS <= number <= last:
-                starts += s
-                accepted += a
-        return starts, accepted
-
-    def wait(self, now: float) -> float:
-        """Seconds until the next request may start (0: now)."""
-        if now < self.paused_until:
-            return self.paused_until - now
-        if self.rate is None:
-            return 0.0
-        return max(0.0, self._tat - self.BURST_SECONDS - now)
-
-    def held_back(self, now: float) -> None:
-        """Note that a due request waited for the pace (the budget, not the demand, was the limit)."""
-        self._held_at = now
-
-    def take(self, now: float) -> int:
-        """Start a request now (after :meth:`wait` said 0); its epoch, to give back with its answer."""
-        if self.rate is not None:
-            self._tat = max(self._tat, now) + 1.0 / self.rate
-        self._bucket(now)[1] += 1
-        return self.epoch
-
-    def answered(self, now: float, started: float) -> None:
-        """
-        A request started at ``started`` got an answer that was not a refusal.
-
-        :param now: when it arrived.
-        :param started: when the request started.
-        """
-        self._bucket(started)[2] += 1
-        self._pauses_in_row = 0
-        rate = self.rate
-        if rate is None or now - started > self.FAST_ANSWER or now - self._held_at > 1.0:
-            return
-        seen = self.limit_seen
-        if seen is None or rate < 0.5 * seen:
-            rate += self.SLOW_START_GAIN  # per answer: the pace grows exponentially
-        else:  # per second: 5% of the rate last refused, and 0.5% once within 10% of it
-            rate += (0.05 if rate < 0.9 * seen else 0.005) * seen / rate
-        self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
-
-    def refused(self, now: float, started: float, epoch: int, retry_after: float | None) -> float:
-        """
-        A request got a 429: pause every request, and cut the pace once per refusal of the current pace.
-
-        :param now: when the refusal arrived.
-        :param started: when the refused request started.
-        :param epoch: what :meth:`take` returned for it.
-        :param retry_after: the service's ``Retry-After``, in seconds, if it sent one.
-        :return: the pause, in seconds.
-        """
-        self.refusals += 1
-        if retry_after is None:
-            pause = min(MAX_PAUSE, PAUSE_WITHOUT_RETRY_AFTER * 2**self._pauses_in_row)
-        else:
-            pause = min(MAX_PAUSE, max(0.0, retry_after)) * random.uniform(1.0, 1.05)
-        if now + pause > self.paused_until:
-            self.paused_until = now + pause
-            self._pauses_in_row += 1
-        if epoch != self.epoch:
-            return pause  # started before the last cut: already accounted for
-        self.epoch += 1
-        starts, accepted = self._counts_before(started)
-        if accepted >= self.MIN_SAMPLE:  # what the service let through: a measure of its limit
-            self.limit_seen = float(accepted)
-            rate = 0.9 * accepted
-        else:  # too few answers to say (a stray 429, or a budget spent for a while): start slow, find it again
-            self.limit_seen = None
-            rate = 0.5 * starts
-        if self.rate is not None:
-            rate = min(rate, 0.85 * self.rate)
-        rate = max(self.MIN_RATE, rate)
-        self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
-        self._tat = self.paused_until
-        log.warning(
-            "CometAPI refused a status poll (429): pausing every poll of the connection for %.1fs, then at most "
-            "%.1f requests per second.",
-            pause,
-            self.rate,
-        )
-        return pause
+#: Polls started in one turn of the event loop at most (each costs a request's set-up and send).
+DISPATCH_BATCH = 32
 
 
 class _Watcher:
     """One awaiting coroutine's registration: its future, its bounds and its own run of errors."""
 
-    __slots__ = ("end_time", "entry", "errors", "future", "interval", "max_errors", "started", "timer")
+    __slots__ = ("deadline", "end_time", "entry", "errors", "future", "interval", "max_errors", "started")
 
     def __init__(
         self, future: asyncio.Future[Prediction], interval: float, end_time: float | None, max_errors: int
@@ -231,7 +88,8 @@ class _Watcher:
         self.max_errors = max_errors
         self.errors = 0
         self.started = time.time()
-        self.timer: asyncio.TimerHandle | None = None
+        #: the loop time of ``end_time`` while it is in the poller's deadline heap, else ``None``
+        self.deadline: float | None = None
         self.entry: _Entry | None = None
 
 
@@ -281,7 +139,7 @@ class SharedPoller:
         #: requests in flight allowed now: grows by one per answer up to ``max_in_flight``, halves on a 429, so an
         #: unknown service is not sent the whole pool's worth of requests before its first answer
         self.window = min(INITIAL_WINDOW, self.max_in_flight)
-        self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=RetryPolicy(max_retries=0))
+        self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=POLL_ERRORS)
         self.budget = RequestBudget()
         self.entries: dict[str, _Entry] = {}
         #: status requests started, and answered (or failed) so far
@@ -292,6 +150,13 @@ class SharedPoller:
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Future[None] | None = None
+        #: the loop time the dispatcher sleeps until (``inf``: until poked), and its one timer
+        self._sleeping_until = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        #: watchers by deadline (stale items of finished watchers are skipped), and its one timer
+        self._deadlines: list[tuple[float, int, _Watcher]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._watchers = 0
         self._stopped = False
         self.task: asyncio.Task[None] = loop.create_task(self._run(), name=f"cometflux-poller-{cometapi_conn_id}")
 
@@ -313,28 +178,30 @@ class SharedPoller:
         if entry is None:
             entry = self.entries[pid] = _Entry(pid, poll_interval)
             self._schedule(entry, now + random.uniform(0.0, min(FIRST_POLL_SPREAD, poll_interval)))
+            if entry.due < self._sleeping_until:
+                self._poke()
         elif poll_interval < entry.interval:  # polled at the smaller interval from now on
             entry.interval = poll_interval
             entry.delays = poll_delays(poll_interval)
             soon = now + next(entry.delays)
             if not entry.in_flight and soon < entry.due:
                 self._schedule(entry, soon)
+                self._poke()
         watcher.entry = entry
         entry.watchers.append(watcher)
+        self._watchers += 1
         if end_time is not None:
-            watcher.timer = loop.call_at(now + (end_time - time.time()), self._expire, watcher)
-        self._poke()
+            self._add_deadline(watcher, now + (end_time - time.time()))
         return watcher
 
     def unregister(self, watcher: _Watcher) -> None:
         """Forget one watcher (its coroutine was cancelled or is done); the others are left alone."""
-        if watcher.timer is not None:
-            watcher.timer.cancel()
-            watcher.timer = None
+        watcher.deadline = None  # its item in the deadline heap is stale from now on
         entry = watcher.entry
         if entry is None:
             return
         watcher.entry = None
+        self._watchers -= 1
         if watcher in entry.watchers:
             entry.watchers.remove(watcher)
         if not entry.watchers:
@@ -355,11 +222,52 @@ class SharedPoller:
         else:
             future.set_result(result)
 
+    # -- deadlines --------------------------------------------------------------------------------------------
+
+    def _add_deadline(self, watcher: _Watcher, at: float) -> None:
+        """Give up on ``watcher`` at loop time ``at``."""
+        watcher.deadline = at
+        self._seq += 1
+        heap = self._deadlines
+        heapq.heappush(heap, (at, self._seq, watcher))
+        if len(heap) > 2 * self._watchers + 64:  # stale items of finished watchers
+            self._deadlines = heap = [item for item in heap if item[2].deadline == item[0]]
+            heapq.heapify(heap)
+        self._arm_deadlines()
+
+    def _arm_deadlines(self) -> None:
+        """Keep the one deadline timer set for the earliest deadline still current."""
+        heap = self._deadlines
+        while heap and heap[0][2].deadline != heap[0][0]:
+            heapq.heappop(heap)
+        timer = self._deadline_timer
+        if not heap:
+            if timer is not None:
+                timer.cancel()
+                self._deadline_timer = None
+            return
+        at = heap[0][0]
+        if timer is not None and timer.when() <= at:
+            return  # it fires in time (perhaps early, and is then set again)
+        if timer is not None:
+            timer.cancel()
+        self._deadline_timer = self.loop.call_at(at, self._deadlines_due)
+
+    def _deadlines_due(self) -> None:
+        self._deadline_timer = None
+        heap = self._deadlines
+        now = self.loop.time() + 0.001  # a loop timer may fire a hair early: never set it again for a past time
+        while heap and heap[0][0] <= now:
+            at, _, watcher = heapq.heappop(heap)
+            if watcher.deadline == at:
+                self._expire(watcher)
+        self._arm_deadlines()
+
     def _expire(self, watcher: _Watcher) -> None:
         """A watcher's ``end_time`` came: it gives up, saying how long it waited and what it saw last."""
         from airflow_provider_cometflux.hooks.cometapi import gave_up_text
 
-        watcher.timer = None
+        watcher.deadline = None
         entry = watcher.entry
         status, error = (entry.status, entry.error) if entry is not None else ("unknown", None)
         text = gave_up_text(time.time() - watcher.started, None, status, error)
@@ -386,17 +294,38 @@ class SharedPoller:
         if self._wakeup is not None:
             _wake(self._wakeup)
 
-    async def _sleep(self, seconds: float | None) -> None:
-        """Sleep until ``seconds`` pass (``None``: until poked), or until poked."""
-        future = self.loop.create_future()
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._poke()
+
+    async def _sleep(self, seconds: float | None, *, for_due: bool = True) -> None:
+        """
+        Sleep until ``seconds`` pass (``None``: until poked), or until poked.
+
+        :param seconds: how long at most.
+        :param for_due: whether a new registration due sooner wakes it (not while the window or the budget is
+            what holds polls back: answers and the timer wake it then).
+
+        The one wake-up timer is kept when it fires in time (a timer firing early only means one more look at the
+        schedule), so a poke does not cost a timer made and cancelled.
+        """
+        loop = self.loop
+        future = loop.create_future()
         self._wakeup = future
-        timer = None if seconds is None else self.loop.call_later(seconds, _wake, future)
+        until = math.inf
+        if seconds is not None:
+            until = loop.time() + seconds
+            timer = self._timer
+            if timer is None or timer.when() > until:
+                if timer is not None:
+                    timer.cancel()
+                self._timer = loop.call_at(until, self._timer_fired)
+        self._sleeping_until = until if for_due else -math.inf
         try:
             await future
         finally:
             self._wakeup = None
-            if timer is not None:
-                timer.cancel()
+            self._sleeping_until = -math.inf
 
     async def _run(self) -> None:
         try:
@@ -412,6 +341,10 @@ class SharedPoller:
                 raise
         finally:
             self._retire()
+            for timer in (self._timer, self._deadline_timer):
+                if timer is not None:
+                    timer.cancel()
+            self._timer = self._deadline_timer = None
             for task in list(self._tasks):  # only when the loop itself is going away: nobody is left to serve
                 task.cancel()
             try:
@@ -435,12 +368,18 @@ class SharedPoller:
                     self._finish(watcher, exc)
 
     async def _dispatch(self) -> None:
+        if "aiohttp" not in sys.modules:  # a fresh triggerer: import the HTTP client in a thread, not in the loop
+            await asyncio.to_thread(importlib.import_module, "aiohttp")
         ceiling = await self.hook.arequests_per_minute()
         if ceiling is not None:
             self.budget = RequestBudget(ceiling / 60.0)
         loop = self.loop
         budget = self.budget
+        started = 0  # polls started in this turn of the loop
         while True:
+            if started >= DISPATCH_BATCH:  # let the loop run what is ready (answers, timers) before starting more
+                started = 0
+                await asyncio.sleep(0)
             if not self.entries and not self._in_flight:
                 self._retire()  # from now on a new watcher gets a new poller
                 return
@@ -448,21 +387,25 @@ class SharedPoller:
             while heap and not self._current(heap[0]):
                 heapq.heappop(heap)
             if not heap:
+                started = 0
                 await self._sleep(None)
                 continue
             now = loop.time()
             due = heap[0][0]
             if due > now + COALESCE:  # polls due within a few ms go together: one wake-up, not one each
+                started = 0
                 await self._sleep(due - now)
                 continue
             if self._in_flight >= self.window:
-                await self._sleep(None)
+                started = 0
+                await self._sleep(None, for_due=False)
                 continue
             wait = budget.wait(now)
             if wait > 0:
                 if now >= budget.paused_until:
                     budget.held_back(now)
-                await self._sleep(wait)
+                started = 0
+                await self._sleep(wait, for_due=False)
                 continue
             entry = heapq.heappop(heap)[2]
             entry.in_flight = True
@@ -472,6 +415,7 @@ class SharedPoller:
             task = loop.create_task(self._poll(entry, now, epoch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            started += 1
 
     # -- one poll --------------------------------------------------------------------------------------------
 
@@ -556,8 +500,7 @@ class SharedPoller:
                 self._finish(watcher, polls_failed(result, watcher.errors))
         if entry.watchers:
             log.warning("Polling prediction %s failed (%d in a row): %s", entry.pid, entry.errors, result)
-            backoff = min(ERROR_BACKOFF_MAX, ERROR_BACKOFF * 2 ** (entry.errors - 1)) * random.uniform(0.5, 1.0)
-            self._schedule(entry, now + max(backoff, next(entry.delays)))
+            self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), next(entry.delays)))
 
 
 # One poller per event loop and connection id.

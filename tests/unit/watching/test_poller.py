@@ -18,7 +18,7 @@ from airflow_provider_cometflux.exceptions import (
 from airflow_provider_cometflux.hooks import connection as hook_connection
 from airflow_provider_cometflux.models import Prediction
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
-from airflow_provider_cometflux.triggers.poller import RequestBudget, current_poller, watch_prediction
+from airflow_provider_cometflux.watching.poller import current_poller, watch_prediction
 
 CONN_ID = "poller_test"
 
@@ -298,101 +298,3 @@ async def test_many_watchers_earliest_due_first_under_a_tight_ceiling(sim, monke
     assert all(r.status == "succeeded" for r in results)
     # every prediction needs one more poll at 10/s: about 2 s, however many were overdue before
     assert took < 2.0 + 2.5
-
-
-# -- the budget on its own clock -----------------------------------------------------------------------------
-
-
-def test_budget_unlimited_until_the_first_429():
-    budget = RequestBudget()
-    now = 100.0
-    for _ in range(500):
-        assert budget.wait(now) == 0
-        budget.take(now)
-    assert budget.rate is None
-
-
-def test_budget_first_refusal_sets_a_pace_below_what_was_accepted():
-    budget = RequestBudget()
-    now = 100.0
-    epochs = []
-    for i in range(300):  # 300 requests within 0.3 s; the service accepted the first 200
-        t = now + i * 0.001
-        epochs.append(budget.take(t))
-        if i < 200:
-            budget.answered(t + 0.002, t)
-    pause = budget.refused(now + 0.3, now + 0.2, epochs[200], retry_after=1.0)
-    assert 1.0 <= pause <= 1.05
-    assert budget.rate == pytest.approx(180.0)
-    assert budget.wait(now + 0.5) > 0.7  # paused
-    # refusals of requests started before the cut change nothing more
-    for i in range(201, 300):
-        budget.refused(now + 0.31, now + i * 0.001, epochs[i], retry_after=1.0)
-    assert budget.rate == pytest.approx(180.0) and budget.refusals == 100
-
-
-def test_budget_paces_and_never_passes_the_ceiling():
-    budget = RequestBudget(ceiling=10.0)
-    now = 0.0
-    starts = 0
-    while now < 10.0:
-        if budget.wait(now) == 0:
-            budget.held_back(now)
-            budget.take(now)
-            budget.answered(now + 0.01, now)
-            starts += 1
-        now += 0.001
-    assert budget.rate == 10.0
-    assert 99 <= starts <= 102
-
-
-def test_budget_probes_up_only_while_requests_wait_for_it():
-    budget = RequestBudget(ceiling=1000.0)
-    budget.rate, budget.limit_seen = 100.0, 200.0
-    now = 0.0
-    for _ in range(100):  # one second of answers at the pace, nobody waiting
-        budget.take(now)
-        budget.answered(now + 0.01, now)
-        now += 0.01
-    assert budget.rate == 100.0
-    for _ in range(100):  # a second in which the pace held requests back: + 5% of 200 per second
-        budget.held_back(now)
-        budget.take(now)
-        budget.answered(now + 0.01, now)
-        now += 0.01
-    assert 108 < budget.rate < 112
-    budget.rate = 190.0  # near the rate last refused: 0.5% of it per second
-    for _ in range(190):
-        budget.held_back(now)
-        budget.take(now)
-        budget.answered(now + 0.01, now)
-        now += 1 / 190
-    assert 190.5 < budget.rate < 191.5
-
-
-def test_budget_pause_without_retry_after_grows():
-    budget = RequestBudget()
-    epoch = budget.take(0.0)
-    assert budget.refused(0.1, 0.0, epoch, None) == pytest.approx(1.0)
-    epoch = budget.take(1.2)
-    assert budget.refused(1.3, 1.2, epoch, None) == pytest.approx(2.0)
-    budget.answered(3.5, 3.4)
-    epoch = budget.take(3.6)
-    assert budget.refused(3.7, 3.6, epoch, None) == pytest.approx(1.0)
-
-
-def test_budget_a_stray_refusal_starts_slow_and_grows_back_fast():
-    budget = RequestBudget()
-    epoch = budget.take(0.0)  # the very first request is refused: no measure of any limit
-    budget.refused(0.01, 0.0, epoch, retry_after=0.5)
-    assert budget.limit_seen is None and budget.rate == pytest.approx(0.5)  # half the requests started
-    now = 0.5
-    while now < 10.0:  # ten seconds of demand above the pace, every answer fast
-        wait = budget.wait(now)
-        if wait == 0:
-            budget.take(now)
-            budget.answered(now + 0.005, now)
-        else:
-            budget.held_back(now)
-        now += 0.001
-    assert budget.rate is not None and budget.rate > 8  # exponential (0.5 to 9.6 in 9.5 s): soon forgotten

@@ -1,0 +1,216 @@
+"""The pacing rules on their own (and on a fake clock): which answers are retried, how a 429 and ``Retry-After``
+pause requests, how the create pace and the poll budget adapt, how errors back off, and poll delays."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from airflow_provider_cometflux.pacing import (
+    Pacer,
+    Pause,
+    RequestBudget,
+    RetryPolicy,
+    is_retryable_status,
+    parse_retry_after,
+    poll_delays,
+    refusal_pause,
+)
+
+
+def test_retry_policy():
+    assert is_retryable_status(429) and is_retryable_status(524) and is_retryable_status(500)
+    assert not is_retryable_status(500, "invalid_request")
+    for status in (400, 401, 403, 404, 422):
+        assert not is_retryable_status(status)
+    policy = RetryPolicy(base_delay=1, max_delay=8)
+    assert all(0 <= policy.delay(a) <= min(8, 2**a) for a in range(10) for _ in range(20))
+    assert 5 <= policy.delay(0, retry_after=5) <= 6
+    assert 40 <= policy.delay(0, retry_after=40) <= 41  # Retry-After is a floor, even above max_delay
+    assert policy.honours(None) and policy.honours(120) and not policy.honours(121)
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+
+
+def test_poll_delays_start_quick_then_settle():
+    delays = poll_delays(4.0)
+    first = [next(delays) for _ in range(8)]
+    assert 0.45 <= first[0] <= 0.5
+    assert all(3.6 <= d <= 4.0 for d in first[-3:])  # jittered, never past poll_interval
+    assert len({round(d, 6) for d in first[-3:]}) == 3
+
+
+def test_a_429_pauses_for_retry_after_with_a_little_jitter_or_doubles_without():
+    assert all(10 <= refusal_pause(10, 0) <= 10.5 for _ in range(20))
+    assert refusal_pause(None, 0) == 1.0 and refusal_pause(None, 3) == 8.0
+    assert 120 <= refusal_pause(3600, 0) <= 121  # no pause is longer than the longest Retry-After waited for
+    pause = Pause()
+    assert pause.refused(0.0, 2.0)[1] and not pause.refused(1.0, 0.5)[1]  # the second fell within the first
+    assert pause.left(1.0) >= 1.0 and pause.refusals == 2
+
+
+def test_errors_back_off_with_full_jitter_below_a_doubling_cap():
+    policy = RetryPolicy(base_delay=0.5, max_delay=30)
+    assert all(0 <= policy.backoff(a) <= min(30, 0.5 * 2**a) for a in range(10) for _ in range(20))
+
+
+# -- the create pace ------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that only moves when something sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def test_pacer_spaces_calls_evenly():
+    clock = FakeClock()
+    pacer = Pacer(600, clock=clock.time, sleep=clock.sleep)
+    starts = []
+    for _ in range(5):
+        await pacer.wait()
+        starts.append(clock.now)
+    assert [round(b - a, 6) for a, b in itertools.pairwise(starts)] == [0.1] * 4
+
+
+async def test_pacer_never_starts_more_than_the_limit_within_a_window():
+    clock = FakeClock()
+    pacer = Pacer(6, clock=clock.time, sleep=clock.sleep)  # one per 10 s, six per minute
+    starts = []
+    for _ in range(8):
+        await pacer.wait()
+        pacer.answered()
+        starts.append(clock.now)
+    for i in range(len(starts) - 6):
+        assert starts[i + 6] - starts[i] >= 60
+
+
+async def test_pacer_pauses_and_slows_on_429_then_recovers():
+    clock = FakeClock()
+    pacer = Pacer(600, clock=clock.time, sleep=clock.sleep)
+    await pacer.wait()
+    pacer.limited(2.0)
+    pacer.limited(2.0)  # the same pause: slows once
+    before = clock.now
+    await pacer.wait()
+    assert clock.now - before >= 2.0
+    assert pacer.interval == pytest.approx(0.125) and pacer.rate_limited == 2
+    clock.now += 61
+    pacer.answered()
+    assert pacer.interval == pytest.approx(0.1)
+
+
+def test_pacer_refuses_a_rate_of_zero():
+    with pytest.raises(ValueError):
+        Pacer(0)
+
+
+# -- the poll budget -----------------------------------------------------------------------------
+
+
+def test_budget_unlimited_until_the_first_429():
+    budget = RequestBudget()
+    now = 100.0
+    for _ in range(500):
+        assert budget.wait(now) == 0
+        budget.take(now)
+    assert budget.rate is None
+
+
+def test_budget_first_refusal_sets_a_pace_below_what_was_accepted():
+    budget = RequestBudget()
+    now = 100.0
+    epochs = []
+    for i in range(300):  # 300 requests within 0.3 s; the service accepted the first 200
+        t = now + i * 0.001
+        epochs.append(budget.take(t))
+        if i < 200:
+            budget.answered(t + 0.002, t)
+    pause = budget.refused(now + 0.3, now + 0.2, epochs[200], retry_after=1.0)
+    assert 1.0 <= pause <= 1.05
+    assert budget.rate == pytest.approx(180.0)
+    assert budget.wait(now + 0.5) > 0.7  # paused
+    # refusals of requests started before the cut change nothing more
+    for i in range(201, 300):
+        budget.refused(now + 0.31, now + i * 0.001, epochs[i], retry_after=1.0)
+    assert budget.rate == pytest.approx(180.0) and budget.refusals == 100
+
+
+def test_budget_paces_and_never_passes_the_ceiling():
+    budget = RequestBudget(ceiling=10.0)
+    now = 0.0
+    starts = 0
+    while now < 10.0:
+        if budget.wait(now) == 0:
+            budget.held_back(now)
+            budget.take(now)
+            budget.answered(now + 0.01, now)
+            starts += 1
+        now += 0.001
+    assert budget.rate == 10.0
+    assert 99 <= starts <= 102
+
+
+def test_budget_probes_up_only_while_requests_wait_for_it():
+    budget = RequestBudget(ceiling=1000.0)
+    budget.rate, budget.limit_seen = 100.0, 200.0
+    now = 0.0
+    for _ in range(100):  # one second of answers at the pace, nobody waiting
+        budget.take(now)
+        budget.answered(now + 0.01, now)
+        now += 0.01
+    assert budget.rate == 100.0
+    for _ in range(100):  # a second in which the pace held requests back: + 5% of 200 per second
+        budget.held_back(now)
+        budget.take(now)
+        budget.answered(now + 0.01, now)
+        now += 0.01
+    assert 108 < budget.rate < 112
+    budget.rate = 190.0  # near the rate last refused: 0.5% of it per second
+    for _ in range(190):
+        budget.held_back(now)
+        budget.take(now)
+        budget.answered(now + 0.01, now)
+        now += 1 / 190
+    assert 190.5 < budget.rate < 191.5
+
+
+def test_budget_pause_without_retry_after_grows():
+    budget = RequestBudget()
+    epoch = budget.take(0.0)
+    assert budget.refused(0.1, 0.0, epoch, None) == pytest.approx(1.0)
+    epoch = budget.take(1.2)
+    assert budget.refused(1.3, 1.2, epoch, None) == pytest.approx(2.0)
+    budget.answered(3.5, 3.4)
+    epoch = budget.take(3.6)
+    assert budget.refused(3.7, 3.6, epoch, None) == pytest.approx(1.0)
+
+
+def test_budget_a_stray_refusal_starts_slow_and_grows_back_fast():
+    budget = RequestBudget()
+    epoch = budget.take(0.0)  # the very first request is refused: no measure of any limit
+    budget.refused(0.01, 0.0, epoch, retry_after=0.5)
+    assert budget.limit_seen is None and budget.rate == pytest.approx(0.5)  # half the requests started
+    now = 0.5
+    while now < 10.0:  # ten seconds of demand above the pace, every answer fast
+        wait = budget.wait(now)
+        if wait == 0:
+            budget.take(now)
+            budget.answered(now + 0.005, now)
+        else:
+            budget.held_back(now)
+        now += 0.001
+    assert budget.rate is not None and budget.rate > 8  # exponential (0.5 to 9.6 in 9.5 s): soon forgotten
