@@ -69,4 +69,3 @@ def test_lineage_names_the_predictions_ran_and_the_folder():
     assert [d.name for d in lineage.outputs] == ["/tmp/out"]
     assert lineage.run_facets[PREDICTION_FACET].predictionIds == ["p1", "p2"]
     assert lineage.run_facets[PREDICTION_FACET].failed is True
-
