@@ -7,6 +7,7 @@ the outcome. Whatever waited (trigger, inline, sensor poke), the same events end
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,14 @@ class Finished:
         return str(self.record.get("id") or "")
 
 
+def recordable(model_input: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The input as the records downstream keep it: as the task was given it, made JSON-safe (paths as strings), each
+    inline image replaced by its size and digest (:func:`~airflow_provider_cometflux.models.public_input`).
+    """
+    return public_input(json.loads(json.dumps(dict(model_input), default=str)))
+
+
 def finish_prediction(
     hook: CometAPIHook, event: Any, outputs: Outputs, request_input: Mapping[str, Any] | None = None
 ) -> Finished:
@@ -94,14 +103,14 @@ def finish_prediction(
     :param hook: the hook that downloads.
     :param event: the prediction's event.
     :param outputs: where to keep the images.
-    :param request_input: the input the task sent (kept as :func:`~airflow_provider_cometflux.models.public_input`).
+    :param request_input: the input the task sent (kept :func:`recordable`).
     :raises PredictionTimeoutError, PredictionFailedError, OutputsRemovedError, CometAPIError: see
         :func:`~airflow_provider_cometflux.events.raise_for_event` and the storage errors.
     """
     prediction = raise_for_event(event)
     record = dict(event["prediction"])
     if request_input is not None:
-        record["input"] = public_input(request_input)
+        record["input"] = recordable(request_input)
     urls = prediction.require_outputs()
     folder = outputs.output_path
     if folder is None or folder == "":
@@ -163,7 +172,7 @@ def complete_one(
         if isinstance(summary, dict):  # a prediction that ended without images: recorded for the UI and others
             record = dict(summary)
             if request_input is not None:
-                record["input"] = public_input(request_input)
+                record["input"] = recordable(request_input)
             ti.xcom_push(key=XCOM_PREDICTION, value=record)
         raise
     ti.xcom_push(key=XCOM_PREDICTION, value=finished.record)

@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cometflux._compat import BaseOperator, conf
+from airflow_provider_cometflux._compat import conf
 from airflow_provider_cometflux.completion import XCOM_PREDICTION_IDS, complete_batch
 from airflow_provider_cometflux.events import batch_results
-from airflow_provider_cometflux.face import CometFluxFace
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
-from airflow_provider_cometflux.lifecycle import (
-    DEFAULT_DEFER_AFTER,
-    PredictionJob,
-    check_count,
-    check_seconds,
-    defer_timeout,
-    recordable,
-    settle,
-)
+from airflow_provider_cometflux.job import DEFAULT_DEFER_AFTER
 from airflow_provider_cometflux.models import DEFAULT_MODEL, build_input, split_model, validate_input
+from airflow_provider_cometflux.operators.base import CometFluxBaseOperator
 from airflow_provider_cometflux.submission import DEFAULT_CREATES_PER_MINUTE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_cometflux.job import PredictionJob
+    from airflow_provider_cometflux.submission import Submitted
+    from airflow_provider_cometflux.triggers.batch import CometFluxBatchTrigger
 
 #: The task state store key holding the batch's prediction ids across attempts (Airflow 3.3+).
 STATE_KEY = "cometflux_batch"
@@ -33,7 +28,7 @@ STATE_KEY = "cometflux_batch"
 XCOM_CREATE_ERRORS = "_cometflux_create_errors"
 
 
-class CometFluxBatchOperator(CometFluxFace, BaseOperator):
+class CometFluxBatchOperator(CometFluxBaseOperator):
     """
     Generates images for many prompts in one task and returns them per prompt, in prompt order.
 
@@ -84,7 +79,7 @@ class CometFluxBatchOperator(CometFluxFace, BaseOperator):
 
     template_fields: Sequence[str] = ("prompts", "input", "model", "output_path")
     template_fields_renderers = {"input": "json", "prompts": "json"}
-    ui_color = "#f3e8ff"
+    state_key = STATE_KEY
 
     def __init__(
         self,
@@ -105,21 +100,23 @@ class CometFluxBatchOperator(CometFluxFace, BaseOperator):
         download_timeout: float = DOWNLOAD_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            input=input,
+            model=model,
+            cometapi_conn_id=cometapi_conn_id,
+            deferrable=deferrable,
+            creates_per_minute=creates_per_minute,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            output_path=output_path,
+            defer_after=defer_after,
+            download_concurrency=download_concurrency,
+            max_output_bytes=max_output_bytes,
+            download_timeout=download_timeout,
+            **kwargs,
+        )
         self.prompts = prompts
-        self.input = input
-        self.model = model
-        self.cometapi_conn_id = cometapi_conn_id
-        self.deferrable = deferrable
-        self.creates_per_minute = check_seconds("creates_per_minute", creates_per_minute)
-        self.poll_interval = check_seconds("poll_interval", poll_interval)
-        self.timeout = check_seconds("timeout", timeout)
-        self.output_path = output_path
         self.fail_on_error = fail_on_error
-        self.defer_after = check_seconds("defer_after", defer_after, zero=True)
-        self.download_concurrency = check_count("download_concurrency", download_concurrency)
-        self._set_outputs(max_output_bytes, download_timeout)
-        self._job: PredictionJob | None = None
 
     # -- input -----------------------------------------------------------------------------------------------
 
@@ -142,13 +139,13 @@ class CometFluxBatchOperator(CometFluxFace, BaseOperator):
                 raise CometFluxInputError(f"prompts[{index}]: {prompt!r} is not allowed; expected a non-empty string.")
         return list(prompts)
 
-    def _payloads(self, prompts: list[str]) -> list[dict[str, Any]]:
+    def payloads(self) -> list[dict[str, Any]]:
         """Every prompt's model input, each checked before any request is made."""
         from airflow_provider_cometflux.exceptions import CometFluxInputError
 
         split_model(self.model)
         payloads = []
-        for index, prompt in enumerate(prompts):
+        for index, prompt in enumerate(self._prompt_list()):
             try:
                 payload = build_input(prompt, self.input)
                 validate_input(self.model, payload)
@@ -164,45 +161,30 @@ class CometFluxBatchOperator(CometFluxFace, BaseOperator):
         if not prompts:
             self.log.info("No prompts: nothing to generate.")
             return []
-        payloads = self._payloads(prompts)
-        job = self._job = PredictionJob(
-            self.hook,
-            self.model,
-            payloads,
-            STATE_KEY,
-            poll_interval=self.poll_interval,
-            end_time=time.time() + self.timeout,
-            creates_per_minute=self.creates_per_minute,
-        )
         self.log.info(
             "Batch of %d prompts (%s), %g creates/min at most.", len(prompts), self.model, self.creates_per_minute
         )
-        submitted = job.start(context, self.log)
-        ids = submitted.ids
-        self._lineage_ids = [pid for pid in ids if pid]
-        errors = {str(i): exc.message for i, exc in submitted.errors.items()}
-        ti = context["ti"]
-        ti.xcom_push(key=XCOM_PREDICTION_IDS, value=list(ids))
-        ti.xcom_push(key=XCOM_CREATE_ERRORS, value=errors)
-        events = settle(
-            job, self.cometapi_conn_id, job.known_events(), deferrable=self.deferrable, defer_after=self.defer_after
-        )
-        if events is None:
-            from airflow_provider_cometflux.triggers.batch import CometFluxBatchTrigger
+        return super().execute(context)
 
-            self.log.info("Deferring: %d predictions to watch.", len(self._lineage_ids))
-            self.defer(
-                trigger=CometFluxBatchTrigger(
-                    prediction_ids=ids,
-                    cometapi_conn_id=self.cometapi_conn_id,
-                    poll_interval=self.poll_interval,
-                    end_time=job.end_time,
-                ),
-                method_name="execute_complete",
-                timeout=defer_timeout(job.end_time),
-            )
-        self._job = None
-        return self._complete(context, prompts, payloads, ids, events, errors)
+    def record(self, context: Context, submitted: Submitted) -> None:
+        """Push XCom ``prediction_ids`` and why a prompt has no prediction (kept across the deferral)."""
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_PREDICTION_IDS, value=list(submitted.ids))
+        ti.xcom_push(key=XCOM_CREATE_ERRORS, value=_create_errors(submitted))
+
+    def trigger(self, job: PredictionJob) -> CometFluxBatchTrigger:
+        from airflow_provider_cometflux.triggers.batch import CometFluxBatchTrigger
+
+        self.log.info("Deferring: %d predictions to watch.", len(self.engine.prediction_ids))
+        return CometFluxBatchTrigger(
+            prediction_ids=job.ids,
+            cometapi_conn_id=self.cometapi_conn_id,
+            poll_interval=self.poll_interval,
+            end_time=job.end_time,
+        )
+
+    def finish(self, context: Context, job: PredictionJob, events: list[dict[str, Any] | None]) -> list[list[str]]:
+        return self._complete(context, job.payloads, job.ids, events, _create_errors(job.submitted))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[list[str]]:
         """
@@ -211,18 +193,17 @@ class CometFluxBatchOperator(CometFluxFace, BaseOperator):
         :param context: the task's context.
         :param event: a batch event (:mod:`~airflow_provider_cometflux.events`) from the trigger.
         """
-        prompts = self._prompt_list()
-        results = batch_results(event, len(prompts))
+        payloads = self.payloads()
+        results = batch_results(event, len(payloads))
         ti = context["ti"]
         errors = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_CREATE_ERRORS, map_indexes=ti.map_index)
         ids = [result.get("prediction_id") or None if result else None for result in results]
-        self._lineage_ids = [pid for pid in ids if pid]
-        return self._complete(context, prompts, self._payloads(prompts), ids, results, errors or {})
+        self.engine.prediction_ids = [pid for pid in ids if pid]
+        return self._complete(context, payloads, ids, results, errors or {})
 
     def _complete(
         self,
         context: Context,
-        prompts: list[str],
         payloads: list[dict[str, Any]],
         ids: Sequence[str | None],
         events: Sequence[dict[str, Any] | None],
@@ -232,20 +213,17 @@ class CometFluxBatchOperator(CometFluxFace, BaseOperator):
         return complete_batch(
             context,
             events,
-            prompts=prompts,
-            payloads=[recordable(payload) for payload in payloads],
+            prompts=self._prompt_list(),
+            payloads=payloads,
             prediction_ids=ids,
             create_errors=create_errors,
-            hook=self.hook,
-            outputs=self._outputs(),
+            hook=self.engine.hook,
+            outputs=self.engine.outputs(self.output_path, self.input),
             fail_on_error=self.fail_on_error,
         )
 
-    def on_kill(self) -> None:
-        """Cancel (best effort) the batch's predictions when the task is killed while it runs in the worker."""
-        job = self._job
-        if job is None or job.submitted is None:
-            return
-        ids = [pid for i, pid in enumerate(job.submitted.ids) if pid and i not in job.submitted.known]
-        self.log.info("Task killed: cancelling %d predictions.", len(ids))
-        job.cancel(ids)
+
+def _create_errors(submitted: Submitted | None) -> dict[str, str]:
+    """Why a prompt has no prediction, by position, as XCom keeps it across the deferral."""
+    errors = submitted.errors if submitted is not None else {}
+    return {str(index): exc.message for index, exc in errors.items()}

@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cometflux._compat import TRIGGER_ON_KILL, BaseOperator, conf
+from airflow_provider_cometflux._compat import conf
+from airflow_provider_cometflux.checks import check_count
 from airflow_provider_cometflux.completion import XCOM_PREDICTION_ID, complete_one
-from airflow_provider_cometflux.face import CometFluxFace
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
-from airflow_provider_cometflux.lifecycle import (
-    DEFAULT_DEFER_AFTER,
-    NO_TRIGGER_ON_KILL,
-    PredictionJob,
-    check_count,
-    check_seconds,
-    defer_timeout,
-    recordable,
-    settle,
-)
+from airflow_provider_cometflux.job import DEFAULT_DEFER_AFTER
 from airflow_provider_cometflux.links import CometAPIPredictionLink
 from airflow_provider_cometflux.models import DEFAULT_MODEL, IMAGE_INPUTS, build_input, split_model, validate_input
+from airflow_provider_cometflux.operators.base import CometFluxBaseOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
+
+    from airflow_provider_cometflux.job import PredictionJob
+    from airflow_provider_cometflux.submission import Submitted
+    from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 
 #: Largest file sent inline as a data URI for an image input (see ``max_input_image_bytes``).
 MAX_INPUT_IMAGE_BYTES = 10 * 1024 * 1024
@@ -32,7 +27,7 @@ MAX_INPUT_IMAGE_BYTES = 10 * 1024 * 1024
 STATE_KEY = "cometflux_prediction"
 
 
-class CometFluxPredictionOperator(CometFluxFace, BaseOperator):
+class CometFluxPredictionOperator(CometFluxBaseOperator):
     """
     Generates images with a FLUX model through CometAPI and returns their URLs (or durable copies).
 
@@ -78,7 +73,7 @@ class CometFluxPredictionOperator(CometFluxFace, BaseOperator):
     template_fields: Sequence[str] = ("prompt", "input", "model", "output_path")
     template_fields_renderers = {"input": "json"}
     operator_extra_links = (CometAPIPredictionLink(),)
-    ui_color = "#f3e8ff"
+    state_key = STATE_KEY
 
     def __init__(
         self,
@@ -99,21 +94,23 @@ class CometFluxPredictionOperator(CometFluxFace, BaseOperator):
         download_timeout: float = DOWNLOAD_TIMEOUT,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(
+            input=input,
+            model=model,
+            cometapi_conn_id=cometapi_conn_id,
+            deferrable=deferrable,
+            poll_interval=poll_interval,
+            timeout=timeout,
+            output_path=output_path,
+            prefer_wait=prefer_wait,
+            defer_after=defer_after,
+            max_output_bytes=max_output_bytes,
+            download_timeout=download_timeout,
+            **kwargs,
+        )
         self.prompt = prompt
-        self.input = input
-        self.model = model
-        self.cometapi_conn_id = cometapi_conn_id
-        self.deferrable = deferrable
         self.wait_for_completion = wait_for_completion
-        self.poll_interval = check_seconds("poll_interval", poll_interval)
-        self.timeout = check_seconds("timeout", timeout)
-        self.output_path = output_path
-        self.prefer_wait = None if prefer_wait is None else check_count("prefer_wait", prefer_wait, high=60)
-        self.defer_after = check_seconds("defer_after", defer_after, zero=True)
         self.max_input_image_bytes = check_count("max_input_image_bytes", max_input_image_bytes)
-        self._set_outputs(max_output_bytes, download_timeout)
-        self._prediction_id: str | None = None
 
     def _request_input(self) -> dict[str, Any]:
         """The rendered input as given (``prompt`` merged in), before inline images are read."""
@@ -124,7 +121,7 @@ class CometFluxPredictionOperator(CometFluxFace, BaseOperator):
             merged["prompt"] = self.prompt
         return merged
 
-    def _model_input(self) -> dict[str, Any]:
+    def payloads(self) -> list[dict[str, Any]]:
         """The rendered, validated model input: every check runs before any request is made."""
         split_model(self.model)
         model_input = self.input
@@ -134,50 +131,34 @@ class CometFluxPredictionOperator(CometFluxFace, BaseOperator):
             model_input = inline_input_images(model_input, max_bytes=self.max_input_image_bytes)
         payload = build_input(self.prompt, model_input)
         validate_input(self.model, payload)
-        return payload
+        return [payload]
 
     def execute(self, context: Context) -> list[str]:
-        payload = self._model_input()
-        job = PredictionJob(
-            self.hook,
-            self.model,
-            [payload],
-            STATE_KEY,
-            poll_interval=self.poll_interval,
-            end_time=time.time() + self.timeout,
-            prefer_wait=self.prefer_wait,
-        )
-        submitted = job.start(context, self.log)
+        job = self.start(context)
+        if self.wait_for_completion:
+            return self.wait(context, job)
+        assert job.submitted is not None  # start() created it, or raised
+        prediction = job.submitted.read[0]
+        return prediction.output_urls if prediction.succeeded else []
+
+    def record(self, context: Context, submitted: Submitted) -> None:
+        """Raise when the create failed, else push XCom ``prediction_id`` and the extra link."""
         if 0 in submitted.errors:
             raise submitted.errors[0]
         prediction = submitted.read[0]
-        pid = self._prediction_id = prediction.id
-        self._lineage_ids = [pid]
-        context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=pid)
+        context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
         CometAPIPredictionLink.persist(context, prediction.web_url)
-        self.log.info("Prediction %s is %s.", pid, prediction.status)
-        if not self.wait_for_completion:
-            return prediction.output_urls if prediction.succeeded else []
-        events = settle(
-            job, self.cometapi_conn_id, job.known_events(), deferrable=self.deferrable, defer_after=self.defer_after
-        )
-        if events is None:
-            from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+        self.log.info("Prediction %s is %s.", prediction.id, prediction.status)
 
-            self.log.info("Prediction %s still running after %gs; deferring.", pid, self.defer_after)
-            if not TRIGGER_ON_KILL:
-                self.log.info(NO_TRIGGER_ON_KILL, pid)
-            self.defer(
-                trigger=CometFluxPredictionTrigger(
-                    prediction_id=pid,
-                    cometapi_conn_id=self.cometapi_conn_id,
-                    poll_interval=self.poll_interval,
-                    end_time=job.end_time,
-                ),
-                method_name="execute_complete",
-                timeout=defer_timeout(job.end_time),
-            )
-        return self.execute_complete(context, events[0] if events else None)
+    def trigger(self, job: PredictionJob) -> CometFluxPredictionTrigger:
+        (pid,) = job.ids
+        self.log.info("Prediction %s still running after %gs; deferring.", pid, self.defer_after)
+        return self.engine.prediction_trigger(
+            str(pid), poll_interval=self.poll_interval, end_time=job.end_time, log=self.log
+        )
+
+    def finish(self, context: Context, job: PredictionJob, events: list[dict[str, Any] | None]) -> list[str]:
+        return self.execute_complete(context, events[0])
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
         """
@@ -189,14 +170,6 @@ class CometFluxPredictionOperator(CometFluxFace, BaseOperator):
             inline wait.
         """
         if isinstance(event, dict) and event.get("prediction_id"):
-            self._lineage_ids = [str(event["prediction_id"])]
-        request_input = recordable(self._request_input())
-        result = complete_one(context, event, hook=self.hook, outputs=self._outputs(), request_input=request_input)
-        self._prediction_id = None
-        return result
-
-    def on_kill(self) -> None:
-        """Cancel the prediction (best effort) when the task is killed while waiting in the worker."""
-        if self._prediction_id:
-            self.log.info("Task killed: cancelling prediction %s.", self._prediction_id)
-            self.hook.cancel_prediction(self._prediction_id)
+            self.engine.prediction_ids = [str(event["prediction_id"])]
+        outputs = self.engine.outputs(self.output_path, self.input)
+        return complete_one(context, event, hook=self.engine.hook, outputs=outputs, request_input=self._request_input())

@@ -6,19 +6,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cometflux._compat import (
-    TRIGGER_ON_KILL,
-    AirflowSensorTimeout,
-    BaseSensorOperator,
-    PokeReturnValue,
-    conf,
-)
+from airflow_provider_cometflux._compat import AirflowSensorTimeout, BaseSensorOperator, PokeReturnValue, conf
 from airflow_provider_cometflux.completion import complete_one
+from airflow_provider_cometflux.engine import Engine
 from airflow_provider_cometflux.events import prediction_event
 from airflow_provider_cometflux.exceptions import PredictionTimeoutError
-from airflow_provider_cometflux.face import CometFluxFace
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
-from airflow_provider_cometflux.lifecycle import NO_TRIGGER_ON_KILL, defer_timeout
 from airflow_provider_cometflux.links import CometAPIPredictionLink
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
 
@@ -26,7 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
 
-class CometFluxPredictionSensor(CometFluxFace, BaseSensorOperator):
+class CometFluxPredictionSensor(BaseSensorOperator):
     """
     Waits for a prediction created elsewhere (e.g. by ``CometFluxPredictionOperator(wait_for_completion=False)``)
     and returns the same ``list[str]`` as the operator: stored URIs with ``output_path``, else delivery URLs.
@@ -68,41 +61,33 @@ class CometFluxPredictionSensor(CometFluxFace, BaseSensorOperator):
         self.cometapi_conn_id = cometapi_conn_id
         self.output_path = output_path
         self.deferrable = deferrable
-        self._set_outputs(max_output_bytes, download_timeout)
+        self.engine = Engine(cometapi_conn_id, max_output_bytes=max_output_bytes, download_timeout=download_timeout)
+        #: The model, once a prediction told it (for OpenLineage: the sensor is not told the model).
+        self.model = ""
         self._link_stored = False
         self._last_status = "unknown"
 
     def execute(self, context: Context) -> Any:
         check_prediction_id(self.prediction_id)
-        self._lineage_ids = [self.prediction_id]
+        self.engine.prediction_ids = [self.prediction_id]
         if not self.deferrable:
             try:
                 return super().execute(context)
             except AirflowSensorTimeout as exc:  # poke and reschedule modes: the deadline cancels, as elsewhere
-                self.hook.cancel_prediction(self.prediction_id)
+                self.engine.hook.cancel_prediction(self.prediction_id)
                 text = f"Prediction {self.prediction_id}: gave up after {self.timeout:g}s; last status"
                 raise AirflowSensorTimeout(f"{text} '{self._last_status}'; cancelled (best effort).") from exc
         first = self.poke(context)  # check once: a finished prediction needs no trip to the triggerer
         if first.is_done:
             return first.xcom_value
-        from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
-
-        if not TRIGGER_ON_KILL:
-            self.log.info(NO_TRIGGER_ON_KILL, self.prediction_id)
         end_time = time.time() + self.timeout
-        self.defer(
-            trigger=CometFluxPredictionTrigger(
-                prediction_id=self.prediction_id,
-                cometapi_conn_id=self.cometapi_conn_id,
-                poll_interval=self.poke_interval,
-                end_time=end_time,
-            ),
-            method_name="execute_complete",
-            timeout=defer_timeout(end_time),
+        trigger = self.engine.prediction_trigger(
+            self.prediction_id, poll_interval=self.poke_interval, end_time=end_time, log=self.log
         )
+        self.engine.defer(self, trigger, end_time)
 
     def poke(self, context: Context) -> PokeReturnValue:
-        prediction = Prediction(self.hook.get_prediction(self.prediction_id))
+        prediction = Prediction(self.engine.hook.get_prediction(self.prediction_id))
         self._last_status = prediction.status
         if not self._link_stored:
             CometAPIPredictionLink.persist(context, prediction.web_url)
@@ -120,7 +105,7 @@ class CometFluxPredictionSensor(CometFluxFace, BaseSensorOperator):
         :param context: the task's context.
         :param event: a prediction event from the trigger.
         """
-        self._lineage_ids = [self.prediction_id]
+        self.engine.prediction_ids = [self.prediction_id]
         try:
             return self._complete(context, event)
         except PredictionTimeoutError as exc:  # the same outcome as in poke and reschedule modes (it was cancelled)
@@ -130,4 +115,13 @@ class CometFluxPredictionSensor(CometFluxFace, BaseSensorOperator):
         summary = event.get("prediction") if isinstance(event, dict) else None
         if isinstance(summary, dict) and summary.get("model"):
             self.model = str(summary["model"])  # for lineage: the sensor is not told the model
-        return complete_one(context, event, hook=self.hook, outputs=self._outputs(), request_input=None)
+        outputs = self.engine.outputs(self.output_path)
+        return complete_one(context, event, hook=self.engine.hook, outputs=outputs, request_input=None)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the output folder as one dataset, and the prediction id (see ``lineage.py``)."""
+        return self.engine.lineage(self.model, self.output_path, failed=False)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """OpenLineage on failure: the prediction watched."""
+        return self.engine.lineage(self.model, self.output_path, failed=True)

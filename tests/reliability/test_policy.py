@@ -1,7 +1,7 @@
 """The retry policy and deadlines, in the sync and async halves of the hook, in the worker's inline wait (what the
-operators run: ``lifecycle.settle``) and in the trigger: Retry-After is honoured (seconds or HTTP date, even above
-the backoff cap), no wait passes a deadline (slow polls included), a bounded run of failed polls is tolerated,
-answers are checked, and a key the service echoes is blanked out."""
+operators run: ``PredictionJob.wait_or_defer``) and in the trigger: Retry-After is honoured (seconds or HTTP date,
+even above the backoff cap), no wait passes a deadline (slow polls included), a bounded run of failed polls is
+tolerated, answers are checked, and a key the service echoes is blanked out."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from airflow_provider_cometflux.exceptions import (
 )
 from airflow_provider_cometflux.hooks import cometapi
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook, close_async_session
-from airflow_provider_cometflux.lifecycle import PredictionJob, settle
+from airflow_provider_cometflux.job import PredictionJob
 from airflow_provider_cometflux.pacing import RetryPolicy
 from airflow_provider_cometflux.submission import Submitted
 from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
@@ -122,14 +122,14 @@ def slow_polls_from_now_on(sim, after: float) -> threading.Timer:
 
 
 def inline_wait(pid: str, *, poll_interval: float, seconds: float) -> dict[str, Any]:
-    """Wait for a created prediction as an operator with ``deferrable=False`` does: ``lifecycle.settle``."""
+    """Wait for a created prediction as an operator with ``deferrable=False`` does: ``wait_or_defer``."""
     job = PredictionJob(
         CometAPIHook(), SCHNELL, [{"prompt": "a"}], "test", poll_interval=poll_interval, end_time=time.time() + seconds
     )
     job.submitted = Submitted(ids=[pid])
-    events = settle(job, "cometapi_default", [None], deferrable=False, defer_after=0)
-    assert events is not None and events[0] is not None
-    return events[0]
+    waited = job.wait_or_defer("cometapi_default", deferrable=False, defer_after=0)
+    assert not waited.defer and waited.events[0] is not None
+    return waited.events[0]
 
 
 @pytest.fixture

@@ -1,0 +1,39 @@
+"""The checks of the faces' arguments: each fails without retries, naming the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+from airflow_provider_cometflux.exceptions import CometFluxInputError
+
+
+def _is_number(value: object) -> bool:
+    """A real number, neither a bool nor NaN."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
+
+
+def check_seconds(name: str, value: object, *, zero: bool = False) -> float:
+    """
+    :raises CometFluxInputError: when ``value`` is not a number of seconds above 0 (or >= 0 with ``zero``).
+    """
+    if not _is_number(value) or not (value >= 0 if zero else value > 0):  # type: ignore[operator]
+        expected = "a number of seconds >= 0" if zero else "a number above 0"
+        raise CometFluxInputError(f"{name}: {value!r} is not allowed; expected {expected}.")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_rate(name: str, value: object) -> float:
+    """
+    :raises CometFluxInputError: when ``value`` is not a number per minute above 0.
+    """
+    if not _is_number(value) or not value > 0:  # type: ignore[operator]
+        raise CometFluxInputError(f"{name}: {value!r} is not allowed; expected a number per minute above 0.")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_count(name: str, value: object, *, low: int = 1, high: int | None = None) -> int:
+    """
+    :raises CometFluxInputError: when ``value`` is not an integer from ``low`` (to ``high``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"{low}..{high}" if high is not None else f">= {low}"
+        raise CometFluxInputError(f"{name}: {value!r} is not allowed; expected an integer {span}.")
+    return value

@@ -1,0 +1,114 @@
+"""What the operators and the sensor share, as one object each of them holds (``self.engine``).
+
+:class:`Engine` is the hook of the task's connection, where its images go, the deferral to the triggerer, and the
+predictions the task ran (for OpenLineage). The operators' sequence (create, record, wait or defer, complete) is
+:class:`~airflow_provider_cometflux.operators.base.CometFluxBaseOperator`; the sensor uses the engine as it is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from airflow_provider_cometflux._compat import TRIGGER_ON_KILL
+from airflow_provider_cometflux.checks import check_count, check_seconds
+from airflow_provider_cometflux.completion import Outputs
+
+if TYPE_CHECKING:
+    import logging
+
+    from airflow.sdk import BaseOperator, ObjectStoragePath
+    from airflow.triggers.base import BaseTrigger
+
+    from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+    from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+
+#: Extra time the triggerer gets past ``timeout`` before Airflow itself fails the deferred task; the trigger fires
+#: its own ``timeout`` event at ``timeout``, so this only matters when the triggerer is overloaded.
+DEFER_GRACE = 60
+
+NO_TRIGGER_ON_KILL = (
+    "This Airflow cannot cancel prediction %s if the deferred task is killed (a trigger's on_kill needs 3.3+); "
+    "it runs on at CometAPI until it finishes."
+)
+
+
+def defer_timeout(end_time: float) -> timedelta:
+    """How long Airflow lets a deferred task wait: to its own deadline, plus :data:`DEFER_GRACE`."""
+    return timedelta(seconds=max(0.0, end_time - time.time()) + DEFER_GRACE)
+
+
+class Engine:
+    """
+    The parts of a task of this provider that do not depend on how it waits.
+
+    :param cometapi_conn_id: the Airflow connection of type ``cometapi``.
+    :param max_output_bytes: the largest image copied to ``output_path``.
+    :param download_timeout: seconds the copy of one image may take.
+    :param download_concurrency: predictions whose images are copied at once.
+    :raises CometFluxInputError: when an argument is not allowed.
+    """
+
+    def __init__(
+        self,
+        cometapi_conn_id: str,
+        *,
+        max_output_bytes: object,
+        download_timeout: object,
+        download_concurrency: object = 8,
+    ) -> None:
+        self.cometapi_conn_id = cometapi_conn_id
+        self.max_output_bytes = check_count("max_output_bytes", max_output_bytes)
+        self.download_timeout = check_seconds("download_timeout", download_timeout)
+        self.download_concurrency = check_count("download_concurrency", download_concurrency)
+        #: The predictions the task made or watched, for OpenLineage.
+        self.prediction_ids: list[str] = []
+
+    @cached_property
+    def hook(self) -> CometAPIHook:
+        from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+        return CometAPIHook(self.cometapi_conn_id)
+
+    def outputs(self, output_path: str | ObjectStoragePath | None, model_input: object = None) -> Outputs:
+        """
+        Where and how the task keeps its images.
+
+        :param output_path: the rendered ``output_path``.
+        :param model_input: the rendered ``input``, whose ``output_format`` the delivered files must match.
+        """
+        output_format = model_input.get("output_format") if isinstance(model_input, Mapping) else None
+        return Outputs(
+            output_path, output_format, self.max_output_bytes, self.download_timeout, self.download_concurrency
+        )
+
+    def prediction_trigger(
+        self, prediction_id: str, *, poll_interval: float, end_time: float, log: logging.Logger | Any
+    ) -> CometFluxPredictionTrigger:
+        """The trigger that watches one prediction (and a note when this Airflow cannot cancel it on a kill)."""
+        from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+
+        if not TRIGGER_ON_KILL:
+            log.info(NO_TRIGGER_ON_KILL, prediction_id)
+        return CometFluxPredictionTrigger(
+            prediction_id=prediction_id,
+            cometapi_conn_id=self.cometapi_conn_id,
+            poll_interval=poll_interval,
+            end_time=end_time,
+        )
+
+    def defer(self, task: BaseOperator, trigger: BaseTrigger, end_time: float) -> NoReturn:
+        """Hand the wait to the triggerer; the task resumes in its ``execute_complete``."""
+        task.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout(end_time))
+
+    def lineage(self, model: str, output_path: str | ObjectStoragePath | None, *, failed: bool) -> Any:
+        """OpenLineage: the output folder as one dataset, and the prediction ids (see ``lineage.py``)."""
+        from airflow_provider_cometflux.lineage import operator_lineage
+
+        folders = [str(output_path)] if output_path else []
+        return operator_lineage(
+            model=model, prediction_ids=list(self.prediction_ids), output_folders=folders, failed=failed
+        )
