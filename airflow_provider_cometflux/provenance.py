@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from airflow_provider_cometflux.exceptions import ProvenanceFormatError
 from airflow_provider_cometflux.models import check_prediction_id, public_input
 
 if TYPE_CHECKING:
@@ -47,10 +48,6 @@ _SENSITIVE_NAMES = (
     "token",
 )
 _PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
-
-
-class ProvenanceFormatError(ValueError):
-    """A sidecar or manifest that is not in a format this version of the provider can read."""
 
 
 @dataclass(frozen=True)
@@ -430,11 +427,9 @@ def _scrub(value: Any) -> Any:
 
 def _redact(value: dict[str, Any]) -> dict[str, Any]:
     """Airflow's own secret masking: registered secrets and values under sensitive names become ``***``."""
+    from airflow_provider_cometflux._compat import redact
+
     try:
-        try:
-            from airflow.sdk._shared.secrets_masker import redact
-        except ImportError:  # Airflow 3.0/3.1
-            from airflow.sdk.execution_time.secrets_masker import redact  # type: ignore[no-redef]
         redacted = redact(value)
     except (ImportError, RuntimeError):  # no masker (logging not set up): at least the sensitive names
         return _redact_names(value)
