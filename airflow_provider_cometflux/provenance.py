@@ -19,20 +19,38 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from airflow_provider_cometflux.contract import (
+    KNOWN_FORMATS,
+    MANIFEST_FIELDS,
+    MANIFEST_NAME,
+    RECORD_IMAGE_FIELDS,
+    SIDECAR_FORMAT,
+    SIDECAR_PREDICTION_FIELDS,
+    SUCCEEDED,
+    sidecar_name,
+)
 from airflow_provider_cometflux.exceptions import ProvenanceFormatError
 from airflow_provider_cometflux.models import check_prediction_id, public_input
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-#: The format (and its version) written in every sidecar and every manifest line, as the field ``format``.
-SIDECAR_FORMAT = "cometflux.prediction/1"
-#: The formats the readers accept.
-KNOWN_FORMATS = frozenset({SIDECAR_FORMAT})
-#: The manifest's default file name.
-MANIFEST_NAME = "manifest.jsonl"
-#: Status of a manifest line whose prompt produced images.
-SUCCEEDED = "succeeded"
+__all__ = [  # the format names are the contract's; importable from here as they always were
+    "KNOWN_FORMATS",
+    "MANIFEST_NAME",
+    "SIDECAR_FORMAT",
+    "SUCCEEDED",
+    "ImageRecord",
+    "ManifestRecord",
+    "PredictionRecord",
+    "ProvenanceFormatError",
+    "load_manifest",
+    "load_sidecar",
+    "manifest_row",
+    "sidecar_record",
+    "write_manifest",
+    "write_sidecar",
+]
 
 #: Parts of key names whose values are never written (as Airflow's secrets masker hides them).
 _SENSITIVE_NAMES = (
@@ -47,7 +65,6 @@ _SENSITIVE_NAMES = (
     "secret",
     "token",
 )
-_PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
 
 
 @dataclass(frozen=True)
@@ -221,7 +238,7 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
         "source_url"}]}``.
     """
     record: dict[str, Any] = {"format": SIDECAR_FORMAT, "prediction_id": str(prediction.get("id") or "")}
-    for key in _PREDICTION_FIELDS:
+    for key in SIDECAR_PREDICTION_FIELDS:
         record[key] = prediction.get(key)
     record["error"] = prediction.get("error")
     metrics = prediction.get("metrics")
@@ -229,13 +246,19 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
     raw_input = prediction.get("input")
     record["input"] = _redact(_scrub(public_input(raw_input))) if isinstance(raw_input, Mapping) else {}
     record["images"] = [
-        {
-            "uri": str(image["uri"]),
-            "sha256": str(image["sha256"]),
-            "bytes": int(image["bytes"]),
-            "content_type": str(image.get("content_type") or ""),
-            "source_url": _without_query(image.get("source_url")),
-        }
+        dict(
+            zip(
+                RECORD_IMAGE_FIELDS,
+                (
+                    str(image["uri"]),
+                    str(image["sha256"]),
+                    int(image["bytes"]),
+                    str(image.get("content_type") or ""),
+                    _without_query(image.get("source_url")),
+                ),
+                strict=True,
+            )
+        )
         for image in images
     ]
     return record
@@ -254,7 +277,7 @@ def write_sidecar(folder: str | ObjectStoragePath, record: Mapping[str, Any]) ->
     _check_format(record, "sidecar")
     prediction_id = check_prediction_id(record.get("prediction_id"))
     text = json.dumps(dict(record), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    return _write_whole(folder, f"{prediction_id}.json", text)
+    return _write_whole(folder, sidecar_name(prediction_id), text)
 
 
 def manifest_row(
@@ -279,7 +302,8 @@ def manifest_row(
     :return: ``{"format", "index", "prompt", "status", "prediction_id", "model", "error", "sidecar", "images",
         "input", "created_at", "completed_at", "metrics"}``.
     """
-    row: dict[str, Any] = {"format": SIDECAR_FORMAT, "index": int(index), "prompt": str(prompt)}
+    row: dict[str, Any] = dict.fromkeys(MANIFEST_FIELDS)
+    row.update(format=SIDECAR_FORMAT, index=int(index), prompt=str(prompt))
     if record is not None and failure is None:
         row.update(
             status=SUCCEEDED,

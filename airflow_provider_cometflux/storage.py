@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cometflux.contract import EXTENSIONS, FORMATS, UNKNOWN_EXTENSION, stored_image_stem
 from airflow_provider_cometflux.exceptions import CometAPIError, CometFluxInputError
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.models import IMAGE_INPUTS, safe_text
@@ -30,18 +31,10 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024
 
-#: output_format -> (file extension, Content-Type)
-FORMATS: dict[str, tuple[str, str]] = {
-    "webp": ("webp", "image/webp"),
-    "jpg": ("jpg", "image/jpeg"),
-    "png": ("png", "image/png"),
-}
-_EXT_BY_CONTENT_TYPE = {ctype: ext for ext, ctype in FORMATS.values()}
-
 
 @dataclass(frozen=True)
 class StoredImage:
-    """What XCom ``images`` holds for one image."""
+    """What XCom ``images`` holds for one image (:data:`~airflow_provider_cometflux.contract.IMAGE_FIELDS`)."""
 
     uri: str
     source_url: str
@@ -89,7 +82,8 @@ def store_outputs(
     folder = as_storage_path(output_path)
     folder.mkdir(parents=True, exist_ok=True)
     outputs = [
-        _Output(url, folder, f"{prediction_id}-{index}", prediction_id, output_format) for index, url in enumerate(urls)
+        _Output(url, folder, stored_image_stem(prediction_id, index), prediction_id, output_format)
+        for index, url in enumerate(urls)
     ]
     return [_already_stored(output) or _download(hook, output, max_bytes, timeout) for output in outputs]
 
@@ -185,7 +179,7 @@ def _extension(content_type: str, output: _Output) -> str:
                 prediction_id=output.prediction_id,
             )
         return ext
-    return _EXT_BY_CONTENT_TYPE.get(content_type, "bin")
+    return EXTENSIONS.get(content_type, UNKNOWN_EXTENSION)
 
 
 def images_metadata(images: list[StoredImage]) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import TRIGGER_ON_KILL, BaseOperator, conf
-from airflow_provider_cometflux.completion import XCOM_PREDICTION_ID, complete_one
+from airflow_provider_cometflux.completion import complete_one
+from airflow_provider_cometflux.contract import XCOM_PREDICTION_ID
 from airflow_provider_cometflux.face import CometFluxFace
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.lifecycle import (
