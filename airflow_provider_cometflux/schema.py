@@ -163,8 +163,8 @@ _JPG_PNG = Input("string", enum=("jpg", "png"))
 # aspect_ratio enumerations in the order Replicate lists them (its 422 message quotes them in this order)
 _FLUX1_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
 _PRO_RATIOS = ("custom", "1:1", "16:9", "3:2", "2:3", "4:5", "5:4", "9:16", "3:4", "4:3")
-_KONTEXT_RATIOS = ("match_input_image", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4", "21:9")
-_KONTEXT_RATIOS += ("9:21", "2:1", "1:2")
+_KONTEXT_RATIOS: tuple[str, ...] = ("match_input_image", "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5")
+_KONTEXT_RATIOS += ("5:4", "21:9", "9:21", "2:1", "1:2")
 
 _SCHNELL = {
     "prompt": _STRING,
