@@ -6,14 +6,14 @@ sha256, size and content type. A batch task run also writes ``manifest.jsonl``: 
 order, failed prompts with their error. Both carry ``"format": SIDECAR_FORMAT``; the readers
 (:func:`load_sidecar`, :func:`load_manifest`) give typed records back and refuse a format they do not know.
 
-Both files are written whole or not at all (a temporary name beside the target, then a rename), so a reader that
-lists the folder never sees a partial one; a retry overwrites them.
+Both files are written whole or not at all, by storage's writer (:func:`~airflow_provider_cometflux.storage.
+write_whole`: a temporary name beside the target, then a rename), so a reader that lists the folder never sees a
+partial one; a retry overwrites them.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from airflow_provider_cometflux.contract import (
 )
 from airflow_provider_cometflux.exceptions import ProvenanceFormatError
 from airflow_provider_cometflux.models import check_prediction_id, public_input
+from airflow_provider_cometflux.storage import as_storage_path, write_whole
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -277,7 +278,7 @@ def write_sidecar(folder: str | ObjectStoragePath, record: Mapping[str, Any]) ->
     _check_format(record, "sidecar")
     prediction_id = check_prediction_id(record.get("prediction_id"))
     text = json.dumps(dict(record), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    return _write_whole(folder, sidecar_name(prediction_id), text)
+    return write_whole(folder, sidecar_name(prediction_id), text)
 
 
 def manifest_row(
@@ -355,7 +356,7 @@ def write_manifest(
     for row in rows:
         _check_format(row, "manifest line")
         lines.append(json.dumps(dict(row), sort_keys=True, ensure_ascii=False, default=str) + "\n")
-    return _write_whole(folder, name, "".join(lines))
+    return write_whole(folder, name, "".join(lines))
 
 
 def load_sidecar(path: str | ObjectStoragePath) -> PredictionRecord:
@@ -365,8 +366,6 @@ def load_sidecar(path: str | ObjectStoragePath) -> PredictionRecord:
     :param path: the sidecar's URI, local path or ObjectStoragePath.
     :raises ProvenanceFormatError: for a file that is not a sidecar of a known format.
     """
-    from airflow_provider_cometflux.storage import as_storage_path
-
     target = as_storage_path(path)
     try:
         data = json.loads(target.read_text(encoding="utf-8"))
@@ -387,8 +386,6 @@ def load_manifest(path: str | ObjectStoragePath) -> list[ManifestRecord]:
     :param path: the manifest's URI, local path or ObjectStoragePath.
     :raises ProvenanceFormatError: for a line that is not JSON, or not in a known format (with its line number).
     """
-    from airflow_provider_cometflux.storage import as_storage_path
-
     target = as_storage_path(path)
     return list(_parse_manifest(target.read_text(encoding="utf-8").splitlines(), str(target)))
 
@@ -419,23 +416,6 @@ def _check_format(data: Mapping[str, Any], what: str) -> str:
         f"{what}: format {str(fmt)[:80]!r} is not one this provider reads ({', '.join(sorted(KNOWN_FORMATS))}); "
         "a newer provider may have written it"
     )
-
-
-def _write_whole(folder: str | ObjectStoragePath, name: str, text: str) -> str:
-    """Write ``text`` to ``<folder>/<name>`` through a temporary name beside it, then rename it into place."""
-    from airflow_provider_cometflux.storage import as_storage_path
-
-    base = as_storage_path(folder)
-    base.mkdir(parents=True, exist_ok=True)
-    target = base / name
-    partial = base / f".{name}.{uuid.uuid4().hex}.part"
-    try:
-        partial.write_text(text, encoding="utf-8")
-        partial.rename(target)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return str(target)
 
 
 def _scrub(value: Any) -> Any:
