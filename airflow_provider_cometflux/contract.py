@@ -64,7 +64,7 @@ UNKNOWN_EXTENSION = "bin"
 
 #: A batch task's manifest; a mapped batch task writes ``manifest-<map index>.jsonl``.
 MANIFEST_NAME = "manifest.jsonl"
-_STORED_NAME = re.compile(r"^(?P<pid>[A-Za-z0-9_-]+)-(?P<n>\d+)\.(?P<ext>png|jpg|webp)$")
+_STORED_NAME = re.compile(rf"^(?P<pid>[A-Za-z0-9_-]+)-(?P<n>\d+)\.(?P<ext>{'|'.join(CONTENT_TYPES)})$")
 
 
 def stored_image_stem(prediction_id: str, index: int) -> str:
