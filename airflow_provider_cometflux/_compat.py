@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from airflow import __version__ as AIRFLOW_VERSION
 from airflow.triggers.base import BaseTrigger
+from packaging.version import Version
 
 try:
     from airflow.sdk import BaseHook
@@ -29,19 +34,65 @@ try:
     from airflow.sdk.bases.decorator import determine_kwargs
 except ImportError:  # Airflow 3.0-3.1: the TaskFlow helper that picks a function's arguments lived in airflow.utils
     from airflow.utils.operator_helpers import determine_kwargs  # type: ignore[no-redef,attr-defined]
+try:  # Airflow 3.2+: the Task SDK's class, which workers load without Airflow core's plugin manager
+    from airflow.sdk.plugins_manager import AirflowPlugin
+except ImportError:  # Airflow 3.0-3.1
+    from airflow.plugins_manager import AirflowPlugin  # type: ignore[no-redef,assignment]
 
 #: Airflow 3.3+ calls a trigger's ``on_kill`` when a user kills a deferred task, which cancels its predictions.
 TRIGGER_ON_KILL = hasattr(BaseTrigger, "on_kill")
 
+
+def ui_plugins_supported() -> bool:
+    """:return: whether this Airflow has UI plugins (external views and FastAPI apps in the UI, 3.1+)."""
+    return Version(AIRFLOW_VERSION).release[:2] >= (3, 1)
+
+
+def redact(value: Any) -> Any:
+    """
+    Airflow's own secret masking of ``value`` (registered secrets and values under sensitive names become ``***``).
+
+    :param value: what to mask.
+    :raises ImportError: no masker in this Airflow.
+    :raises RuntimeError: the masker is not set up (logging not configured).
+    """
+    try:
+        from airflow.sdk._shared.secrets_masker import redact as masker_redact
+    except ImportError:  # Airflow 3.0/3.1
+        from airflow.sdk.execution_time.secrets_masker import redact as masker_redact  # type: ignore[no-redef]
+    return masker_redact(value)
+
+
+def amask_secret_function() -> Callable[[str], Awaitable[None]]:
+    """
+    :return: a coroutine function registering a secret with the masker without blocking the event loop: Airflow's
+        ``amask_secret`` (3.2+), or, on older releases whose ``mask_secret`` waits for the triggerer's loop, that
+        one called off the loop.
+    """
+    try:
+        from airflow.sdk.log import amask_secret
+    except ImportError:  # Airflow 3.0-3.1
+        from airflow.sdk.log import mask_secret
+        from asgiref.sync import sync_to_async
+
+        return sync_to_async(mask_secret)
+    return amask_secret
+
+
 __all__ = [
+    "AIRFLOW_VERSION",
     "TRIGGER_ON_KILL",
     "AirflowException",
     "AirflowFailException",
+    "AirflowPlugin",
     "AirflowSensorTimeout",
     "BaseHook",
     "BaseOperator",
     "BaseSensorOperator",
     "PokeReturnValue",
+    "amask_secret_function",
     "conf",
     "determine_kwargs",
+    "redact",
+    "ui_plugins_supported",
 ]

@@ -13,6 +13,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cometflux.contract import (
+    FAILURE_FIELDS,
+    XCOM_FAILURES,
+    XCOM_IMAGES,
+    XCOM_PREDICTION,
+    XCOM_PREDICTION_ID,
+    XCOM_PREDICTION_IDS,
+    XCOM_PREDICTIONS,
+    XCOM_RETURN_VALUE,
+    manifest_name,
+)
 from airflow_provider_cometflux.events import TIMEOUT, raise_for_event
 from airflow_provider_cometflux.exceptions import (
     CometAPIError,
@@ -29,13 +40,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: XCom keys this provider writes besides ``return_value``.
-XCOM_PREDICTION_ID = "prediction_id"
-XCOM_PREDICTION = "prediction"
-XCOM_IMAGES = "images"
-XCOM_PREDICTION_IDS = "prediction_ids"
-XCOM_PREDICTIONS = "predictions"
-XCOM_FAILURES = "failures"
+__all__ = [  # the XCom keys are the contract's; importable from here as they always were
+    "XCOM_FAILURES",
+    "XCOM_IMAGES",
+    "XCOM_PREDICTION",
+    "XCOM_PREDICTIONS",
+    "XCOM_PREDICTION_ID",
+    "XCOM_PREDICTION_IDS",
+    "Finished",
+    "Outputs",
+    "complete_batch",
+    "complete_one",
+    "finish_prediction",
+]
+
 #: Failures listed in a batch task's error message (all of them are in XCom ``failures``).
 FAILURES_LISTED = 10
 
@@ -243,9 +261,7 @@ def complete_batch(
     ti.xcom_push(key=XCOM_FAILURES, value=failed)
     if outputs.stored:
         ti.xcom_push(key=XCOM_IMAGES, value=[finished[i].images if i in finished else [] for i in range(len(prompts))])
-        map_index = getattr(ti, "map_index", -1)
-        name = "manifest.jsonl" if map_index is None or map_index < 0 else f"manifest-{map_index}.jsonl"
-        _write_manifest(outputs, prompts, finished, failures, name)
+        _write_manifest(outputs, prompts, finished, failures, manifest_name(getattr(ti, "map_index", -1)))
         flat = [uri for uris in results for uri in uris]
         ids = [finished[i].prediction_id for i in sorted(finished)]
         describe_outlets(context, {"images": flat, "prediction_ids": ids})
@@ -258,7 +274,7 @@ def complete_batch(
     if failed:
         summary = _summary(failed, len(prompts))
         if fail_on_error:
-            ti.xcom_push(key="return_value", value=results)
+            ti.xcom_push(key=XCOM_RETURN_VALUE, value=results)
             raise CometFluxBatchFailedError(summary)
         log.warning("%s", summary)
     return results
@@ -302,13 +318,9 @@ def describe_outlets(context: Context, extra: Mapping[str, Any]) -> None:
 
 
 def _failure(index: int, prompt: str, prediction_id: str | None, status: Any, message: str) -> dict[str, Any]:
-    return {
-        "index": index,
-        "prompt": prompt,
-        "prediction_id": prediction_id,
-        "status": str(status or "error"),
-        "message": safe_text(message),
-    }
+    return dict(
+        zip(FAILURE_FIELDS, (index, prompt, prediction_id, str(status or "error"), safe_text(message)), strict=True)
+    )
 
 
 def _summary(failures: Sequence[Mapping[str, Any]], total: int) -> str:

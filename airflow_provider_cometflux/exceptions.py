@@ -1,4 +1,9 @@
-"""Exceptions raised by the CometAPI FLUX provider.
+"""Every exception of the CometAPI FLUX provider, under one base, :class:`CometFluxError`.
+
+Naming: each name ends in ``Error`` and says what went wrong; :class:`CometAPIError` (and its subclasses) is what
+the service answered or a failure to reach it, every other class is the provider's own finding. Classes that also
+derive from ``AirflowFailException`` fail the task without Airflow's retries: trying again cannot help (bad input,
+an unusable connection) or would pay twice (a create whose answer was lost, a batch with failed prompts).
 
 Every error that came from the service carries the HTTP status, the service's own message and, when one is
 known, the prediction id, so a failed task's log says what went wrong remotely and which prediction it was.
@@ -10,7 +15,11 @@ from __future__ import annotations
 from airflow_provider_cometflux._compat import AirflowException, AirflowFailException
 
 
-class CometAPIError(AirflowException):
+class CometFluxError(AirflowException):
+    """The base of every exception this provider raises; catch it to catch them all."""
+
+
+class CometAPIError(CometFluxError):
     """
     An error answered by CometAPI, or a failure to reach it.
 
@@ -80,7 +89,7 @@ class CometAPIAuthError(CometAPIError):
     """The service refused the API key (HTTP 401 or 403)."""
 
 
-class CometAPIConnectionConfigError(AirflowFailException):
+class CometAPIConnectionConfigError(CometFluxError, AirflowFailException):
     """The Airflow connection is missing or has no API key; the message says how to set one up."""
 
 
@@ -100,7 +109,7 @@ class PredictionTimeoutError(CometAPIError):
     """A prediction did not finish before the task's deadline."""
 
 
-class CometFluxInputError(AirflowFailException, ValueError):
+class CometFluxInputError(CometFluxError, AirflowFailException, ValueError):
     """
     Input that the service would refuse (or charge for and then fail), caught before any request.
 
@@ -126,5 +135,22 @@ class OutputsRemovedError(PredictionFailedError, AirflowFailException):
     """
 
 
-class CometFluxBatchFailedError(AirflowFailException):
+class CometFluxBatchFailedError(CometFluxError, AirflowFailException):
     """Some prompts of a batch failed; the others' images are in XCom. Not retried: that would pay for them again."""
+
+
+class ProvenanceFormatError(CometFluxError, ValueError):
+    """A sidecar or manifest that is not in a format this version of the provider can read."""
+
+
+class BodyTooLargeError(CometFluxError):
+    """An answer longer than the limit its reader was given (the transport turns it into a :class:`CometAPIError`)."""
+
+
+class DeadlineReachedError(CometFluxError):
+    """The deadline of a request passed while its answer was still arriving (the transport reports it)."""
+
+
+#: The names these had before every exception lived here (``hooks.transport.BodyTooLarge``, ...).
+BodyTooLarge = BodyTooLargeError
+DeadlineReached = DeadlineReachedError

@@ -9,13 +9,13 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_cometflux import schema
 from airflow_provider_cometflux.exceptions import CometFluxInputError, OutputsRemovedError, PredictionFailedError
 
 log = logging.getLogger(__name__)
@@ -227,110 +227,7 @@ def note_status(prediction: Prediction) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 #: Inputs that carry an image: an http(s) URL or a data URI (the operator inlines local and storage paths).
-IMAGE_INPUTS = ("image", "image_prompt", "input_image")
-
-ASPECT_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
-
-
-@dataclass(frozen=True)
-class Field:
-    """
-    The rule for one model input.
-
-    :param kind: ``str``, ``int``, ``number``, ``bool`` or ``image`` (a URL or data URI string).
-    :param choices: the allowed values, if the input is an enum.
-    :param low: the smallest allowed number.
-    :param high: the largest allowed number.
-    """
-
-    kind: str
-    choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-
-    def check(self, name: str, value: Any) -> None:
-        """
-        :raises CometFluxInputError: naming the field, the bad value and what is allowed.
-        """
-        allowed = self.describe()
-        if not self._type_ok(value):
-            raise CometFluxInputError(f"input.{name}: {value!r} is not allowed; expected {allowed}.")
-        if self.choices is not None and value not in self.choices:
-            raise CometFluxInputError(f"input.{name}: {value!r} is not allowed; expected {allowed}.")
-        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise CometFluxInputError(f"input.{name}: {value!r} is out of range; expected {allowed}.")
-
-    def _type_ok(self, value: Any) -> bool:
-        if self.kind == "bool":
-            return isinstance(value, bool)
-        if self.kind == "int":
-            return isinstance(value, int) and not isinstance(value, bool)
-        if self.kind == "number":
-            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if self.kind == "image":
-            return isinstance(value, str) and value.startswith(("http://", "https://", "data:"))
-        return isinstance(value, str)
-
-    def describe(self) -> str:
-        if self.choices is not None:
-            return "one of " + ", ".join(repr(c) for c in self.choices)
-        names = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string"}
-        text = names.get(self.kind, "an http(s) URL or a data: URI")
-        if self.low is not None and self.high is not None:
-            text += f" from {self.low:g} to {self.high:g}"
-        return text
-
-
-_OUTPUT_FORMAT = Field("str", choices=("webp", "jpg", "png"))
-_SCHNELL: dict[str, Field] = {
-    "prompt": Field("str"),
-    "aspect_ratio": Field("str", choices=ASPECT_RATIOS),
-    "num_outputs": Field("int", low=1, high=4),
-    "num_inference_steps": Field("int", low=1, high=4),
-    "seed": Field("int"),
-    "output_format": _OUTPUT_FORMAT,
-    "output_quality": Field("int", low=0, high=100),
-    "go_fast": Field("bool"),
-    "megapixels": Field("str", choices=("1", "0.25")),
-    "disable_safety_checker": Field("bool"),
-}
-_DEV: dict[str, Field] = {
-    **_SCHNELL,
-    "num_inference_steps": Field("int", low=1, high=50),
-    "guidance": Field("number", low=0, high=10),
-    "image": Field("image"),
-    "prompt_strength": Field("number", low=0, high=1),
-}
-_PRO_11: dict[str, Field] = {
-    "prompt": Field("str"),
-    "aspect_ratio": Field("str", choices=(*ASPECT_RATIOS, "custom")),
-    "width": Field("int", low=256, high=1440),
-    "height": Field("int", low=256, high=1440),
-    "image_prompt": Field("image"),
-    "safety_tolerance": Field("int", low=1, high=6),
-    "seed": Field("int"),
-    "prompt_upsampling": Field("bool"),
-    "output_format": _OUTPUT_FORMAT,
-    "output_quality": Field("int", low=0, high=100),
-}
-_KONTEXT: dict[str, Field] = {
-    "prompt": Field("str"),
-    "input_image": Field("image"),
-    "aspect_ratio": Field("str", choices=(*ASPECT_RATIOS, "match_input_image")),
-    "output_format": Field("str", choices=("jpg", "png")),
-    "safety_tolerance": Field("int", low=0, high=6),
-    "seed": Field("int"),
-    "prompt_upsampling": Field("bool"),
-}
-
-#: Known FLUX models and the rules for their inputs; any other model id is passed through unvalidated.
-MODEL_SCHEMAS: dict[str, dict[str, Field]] = {
-    "black-forest-labs/flux-schnell": _SCHNELL,
-    "black-forest-labs/flux-dev": _DEV,
-    "black-forest-labs/flux-1.1-pro": _PRO_11,
-    "black-forest-labs/flux-kontext-pro": _KONTEXT,
-    "black-forest-labs/flux-kontext-max": _KONTEXT,
-}
+IMAGE_INPUTS = schema.IMAGE_INPUTS
 
 
 def build_input(prompt: str | None, input: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -357,8 +254,9 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
     """
     Validate model inputs before any request is made.
 
-    Every model needs a non-empty string ``prompt``. For the FLUX models in :data:`MODEL_SCHEMAS`, wrong types,
-    values outside an enum and numbers out of range fail, and unknown keys are logged as a warning.
+    Every model needs a non-empty string ``prompt``. For the FLUX models in :data:`~airflow_provider_cometflux.schema.
+    MODELS`, whatever their schema refuses fails (:func:`~airflow_provider_cometflux.schema.problems`: types,
+    enumerations, ranges, images, array limits, cross-field rules), and unknown keys are logged as a warning.
 
     :param model: the model id (already checked with :func:`split_model`).
     :param input: the merged model inputs.
@@ -367,22 +265,36 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
     prompt = input.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise CometFluxInputError(f"input.prompt: {prompt!r} is not allowed; expected a non-empty string.")
-    schema = MODEL_SCHEMAS.get(model)
-    if schema is None:
+    model_schema = schema.MODELS.get(model)
+    if model_schema is None:
         return
-    for name, value in input.items():
-        rule = schema.get(name)
-        if rule is None:
+    for name in input:
+        if name not in model_schema.inputs:
             log.warning(
                 "input.%s is not a known input of %s; sending it anyway (known: %s).",
                 name,
                 model,
-                ", ".join(sorted(schema)),
+                ", ".join(sorted(model_schema.inputs)),
             )
-            continue
-        rule.check(name, value)
-    if input.get("aspect_ratio") == "custom" and not ("width" in input and "height" in input):
-        raise CometFluxInputError("input.aspect_ratio: 'custom' needs input.width and input.height (256..1440).")
+    found = schema.problems(model, input)
+    if found:
+        raise CometFluxInputError(input_problem_message(found[0], model_schema))
+
+
+def input_problem_message(problem: schema.Problem, model_schema: schema.ModelSchema) -> str:
+    """
+    :param problem: what a model's schema refuses.
+    :param model_schema: the model's schema (a cross-field rule's message says what its other inputs allow).
+    :return: the message naming the field, the bad value and what is allowed.
+    """
+    rule = problem.rule
+    if isinstance(rule, schema.Needs):
+        needed = " and ".join(f"input.{name} ({model_schema.inputs[name].describe()})" for name in rule.needs)
+        return f"{problem.where}: {problem.value!r} needs {needed}; give them, or another {problem.field}."
+    if rule is None:
+        return f"{problem.where}: missing; it is required."
+    verdict = "is out of range" if problem.kind in (schema.MINIMUM, schema.MAXIMUM) else "is not allowed"
+    return f"{problem.where}: {problem.value!r} {verdict}; expected {rule.describe()}."
 
 
 def public_input(model_input: Mapping[str, Any] | None) -> dict[str, Any]:

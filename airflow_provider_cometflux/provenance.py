@@ -6,32 +6,52 @@ sha256, size and content type. A batch task run also writes ``manifest.jsonl``: 
 order, failed prompts with their error. Both carry ``"format": SIDECAR_FORMAT``; the readers
 (:func:`load_sidecar`, :func:`load_manifest`) give typed records back and refuse a format they do not know.
 
-Both files are written whole or not at all (a temporary name beside the target, then a rename), so a reader that
-lists the folder never sees a partial one; a retry overwrites them.
+Both files are written whole or not at all, by storage's writer (:func:`~airflow_provider_cometflux.storage.
+write_whole`: a temporary name beside the target, then a rename), so a reader that lists the folder never sees a
+partial one; a retry overwrites them.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from airflow_provider_cometflux.contract import (
+    KNOWN_FORMATS,
+    MANIFEST_FIELDS,
+    MANIFEST_NAME,
+    RECORD_IMAGE_FIELDS,
+    SIDECAR_FORMAT,
+    SIDECAR_PREDICTION_FIELDS,
+    SUCCEEDED,
+    sidecar_name,
+)
+from airflow_provider_cometflux.exceptions import ProvenanceFormatError
 from airflow_provider_cometflux.models import check_prediction_id, public_input
+from airflow_provider_cometflux.storage import as_storage_path, write_whole
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-#: The format (and its version) written in every sidecar and every manifest line, as the field ``format``.
-SIDECAR_FORMAT = "cometflux.prediction/1"
-#: The formats the readers accept.
-KNOWN_FORMATS = frozenset({SIDECAR_FORMAT})
-#: The manifest's default file name.
-MANIFEST_NAME = "manifest.jsonl"
-#: Status of a manifest line whose prompt produced images.
-SUCCEEDED = "succeeded"
+__all__ = [  # the format names are the contract's; importable from here as they always were
+    "KNOWN_FORMATS",
+    "MANIFEST_NAME",
+    "SIDECAR_FORMAT",
+    "SUCCEEDED",
+    "ImageRecord",
+    "ManifestRecord",
+    "PredictionRecord",
+    "ProvenanceFormatError",
+    "load_manifest",
+    "load_sidecar",
+    "manifest_row",
+    "sidecar_record",
+    "write_manifest",
+    "write_sidecar",
+]
 
 #: Parts of key names whose values are never written (as Airflow's secrets masker hides them).
 _SENSITIVE_NAMES = (
@@ -46,11 +66,6 @@ _SENSITIVE_NAMES = (
     "secret",
     "token",
 )
-_PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
-
-
-class ProvenanceFormatError(ValueError):
-    """A sidecar or manifest that is not in a format this version of the provider can read."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +239,7 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
         "source_url"}]}``.
     """
     record: dict[str, Any] = {"format": SIDECAR_FORMAT, "prediction_id": str(prediction.get("id") or "")}
-    for key in _PREDICTION_FIELDS:
+    for key in SIDECAR_PREDICTION_FIELDS:
         record[key] = prediction.get(key)
     record["error"] = prediction.get("error")
     metrics = prediction.get("metrics")
@@ -232,13 +247,19 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
     raw_input = prediction.get("input")
     record["input"] = _redact(_scrub(public_input(raw_input))) if isinstance(raw_input, Mapping) else {}
     record["images"] = [
-        {
-            "uri": str(image["uri"]),
-            "sha256": str(image["sha256"]),
-            "bytes": int(image["bytes"]),
-            "content_type": str(image.get("content_type") or ""),
-            "source_url": _without_query(image.get("source_url")),
-        }
+        dict(
+            zip(
+                RECORD_IMAGE_FIELDS,
+                (
+                    str(image["uri"]),
+                    str(image["sha256"]),
+                    int(image["bytes"]),
+                    str(image.get("content_type") or ""),
+                    _without_query(image.get("source_url")),
+                ),
+                strict=True,
+            )
+        )
         for image in images
     ]
     return record
@@ -257,7 +278,7 @@ def write_sidecar(folder: str | ObjectStoragePath, record: Mapping[str, Any]) ->
     _check_format(record, "sidecar")
     prediction_id = check_prediction_id(record.get("prediction_id"))
     text = json.dumps(dict(record), indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n"
-    return _write_whole(folder, f"{prediction_id}.json", text)
+    return write_whole(folder, sidecar_name(prediction_id), text)
 
 
 def manifest_row(
@@ -282,7 +303,8 @@ def manifest_row(
     :return: ``{"format", "index", "prompt", "status", "prediction_id", "model", "error", "sidecar", "images",
         "input", "created_at", "completed_at", "metrics"}``.
     """
-    row: dict[str, Any] = {"format": SIDECAR_FORMAT, "index": int(index), "prompt": str(prompt)}
+    row: dict[str, Any] = dict.fromkeys(MANIFEST_FIELDS)
+    row.update(format=SIDECAR_FORMAT, index=int(index), prompt=str(prompt))
     if record is not None and failure is None:
         row.update(
             status=SUCCEEDED,
@@ -334,7 +356,7 @@ def write_manifest(
     for row in rows:
         _check_format(row, "manifest line")
         lines.append(json.dumps(dict(row), sort_keys=True, ensure_ascii=False, default=str) + "\n")
-    return _write_whole(folder, name, "".join(lines))
+    return write_whole(folder, name, "".join(lines))
 
 
 def load_sidecar(path: str | ObjectStoragePath) -> PredictionRecord:
@@ -344,8 +366,6 @@ def load_sidecar(path: str | ObjectStoragePath) -> PredictionRecord:
     :param path: the sidecar's URI, local path or ObjectStoragePath.
     :raises ProvenanceFormatError: for a file that is not a sidecar of a known format.
     """
-    from airflow_provider_cometflux.storage import as_storage_path
-
     target = as_storage_path(path)
     try:
         data = json.loads(target.read_text(encoding="utf-8"))
@@ -366,8 +386,6 @@ def load_manifest(path: str | ObjectStoragePath) -> list[ManifestRecord]:
     :param path: the manifest's URI, local path or ObjectStoragePath.
     :raises ProvenanceFormatError: for a line that is not JSON, or not in a known format (with its line number).
     """
-    from airflow_provider_cometflux.storage import as_storage_path
-
     target = as_storage_path(path)
     return list(_parse_manifest(target.read_text(encoding="utf-8").splitlines(), str(target)))
 
@@ -400,23 +418,6 @@ def _check_format(data: Mapping[str, Any], what: str) -> str:
     )
 
 
-def _write_whole(folder: str | ObjectStoragePath, name: str, text: str) -> str:
-    """Write ``text`` to ``<folder>/<name>`` through a temporary name beside it, then rename it into place."""
-    from airflow_provider_cometflux.storage import as_storage_path
-
-    base = as_storage_path(folder)
-    base.mkdir(parents=True, exist_ok=True)
-    target = base / name
-    partial = base / f".{name}.{uuid.uuid4().hex}.part"
-    try:
-        partial.write_text(text, encoding="utf-8")
-        partial.rename(target)
-    finally:
-        if partial.exists():
-            partial.unlink()
-    return str(target)
-
-
 def _scrub(value: Any) -> Any:
     """Replace every ``data:`` URI, however deeply nested, by its size and sha256 (as :func:`public_input` does)."""
     if isinstance(value, str) and value.startswith("data:"):
@@ -430,11 +431,9 @@ def _scrub(value: Any) -> Any:
 
 def _redact(value: dict[str, Any]) -> dict[str, Any]:
     """Airflow's own secret masking: registered secrets and values under sensitive names become ``***``."""
+    from airflow_provider_cometflux._compat import redact
+
     try:
-        try:
-            from airflow.sdk._shared.secrets_masker import redact
-        except ImportError:  # Airflow 3.0/3.1
-            from airflow.sdk.execution_time.secrets_masker import redact  # type: ignore[no-redef]
         redacted = redact(value)
     except (ImportError, RuntimeError):  # no masker (logging not set up): at least the sensitive names
         return _redact_names(value)

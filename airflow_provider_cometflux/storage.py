@@ -1,7 +1,8 @@
 """Durable copies of a prediction's outputs, through Airflow's ObjectStoragePath (file://, s3://, gs://, ...).
 
 Each image is streamed in chunks to a temporary name beside its target and moved into place only when whole,
-so a reader never sees a partial file. Names come from the prediction id and the output's position, never from
+so a reader never sees a partial file; :func:`write_whole` does the same for a whole text (provenance's sidecars
+and manifests). Names come from the prediction id and the output's position, never from
 the remote side.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_cometflux.contract import EXTENSIONS, FORMATS, UNKNOWN_EXTENSION, stored_image_stem
 from airflow_provider_cometflux.exceptions import CometAPIError, CometFluxInputError
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.models import IMAGE_INPUTS, safe_text
@@ -30,18 +32,10 @@ log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024
 
-#: output_format -> (file extension, Content-Type)
-FORMATS: dict[str, tuple[str, str]] = {
-    "webp": ("webp", "image/webp"),
-    "jpg": ("jpg", "image/jpeg"),
-    "png": ("png", "image/png"),
-}
-_EXT_BY_CONTENT_TYPE = {ctype: ext for ext, ctype in FORMATS.values()}
-
 
 @dataclass(frozen=True)
 class StoredImage:
-    """What XCom ``images`` holds for one image."""
+    """What XCom ``images`` holds for one image (:data:`~airflow_provider_cometflux.contract.IMAGE_FIELDS`)."""
 
     uri: str
     source_url: str
@@ -89,7 +83,8 @@ def store_outputs(
     folder = as_storage_path(output_path)
     folder.mkdir(parents=True, exist_ok=True)
     outputs = [
-        _Output(url, folder, f"{prediction_id}-{index}", prediction_id, output_format) for index, url in enumerate(urls)
+        _Output(url, folder, stored_image_stem(prediction_id, index), prediction_id, output_format)
+        for index, url in enumerate(urls)
     ]
     return [_already_stored(output) or _download(hook, output, max_bytes, timeout) for output in outputs]
 
@@ -106,10 +101,16 @@ class _Output:
 
 
 class _PartialFile:
-    """A download's sink: a temporary file beside the target, and the sha256 of what was written to it."""
+    """
+    A file written under a temporary name beside its target (``.<name>.<random>.part``), and the sha256 of what
+    was written to it; :meth:`move_into_place` gives it the target's name once whole. A download's sink.
 
-    def __init__(self, path: ObjectStoragePath) -> None:
-        self.path = path
+    :param folder: the target's folder.
+    :param name: the target's name (or, for a download, its name without the extension it is not yet known to have).
+    """
+
+    def __init__(self, folder: ObjectStoragePath, name: str) -> None:
+        self.path = folder / f".{name}.{uuid.uuid4().hex}.part"
         self._out: Any = None
         self.sha = hashlib.sha256()
 
@@ -127,20 +128,48 @@ class _PartialFile:
             self._out.close()
             self._out = None
 
+    def move_into_place(self, target: ObjectStoragePath) -> None:
+        """Close the file and rename it to ``target`` (which it replaces)."""
+        self.close()
+        self.path.rename(target)
+
     def discard(self) -> None:
+        """Close the file and remove it, if it is still there (after a failure; a no-op once moved)."""
         self.close()
         if self.path.exists():
             self.path.unlink()
 
 
+def write_whole(folder: str | ObjectStoragePath, name: str, text: str) -> str:
+    """
+    Write ``text`` (UTF-8) to ``<folder>/<name>`` through a temporary name beside it, moved into place when whole,
+    so a reader never sees a partial file; a second write replaces the first.
+
+    :param folder: the folder (a URI, a local path or an ObjectStoragePath), created if needed.
+    :param name: the file's name inside it.
+    :return: the file's URI.
+    """
+    base = as_storage_path(folder)
+    base.mkdir(parents=True, exist_ok=True)
+    target = base / name
+    partial = _PartialFile(base, name)
+    try:
+        partial.begin()
+        partial.write(text.encode("utf-8"))
+        partial.move_into_place(target)
+    finally:
+        partial.discard()
+    return str(target)
+
+
 def _download(hook: CometAPIHook, output: _Output, max_bytes: int, timeout: float) -> StoredImage:
     folder, stem, pid = output.folder, output.stem, output.prediction_id
-    partial = _PartialFile(folder / f".{stem}.{uuid.uuid4().hex}.part")
+    partial = _PartialFile(folder, stem)
     try:
         got = hook.download_output(output.url, partial, max_bytes=max_bytes, timeout=timeout, prediction_id=pid)
         partial.close()
         target = folder / f"{stem}.{_extension(got.content_type, output)}"
-        partial.path.rename(target)
+        partial.move_into_place(target)
     finally:
         partial.discard()
     digest = partial.sha.hexdigest()
@@ -185,7 +214,7 @@ def _extension(content_type: str, output: _Output) -> str:
                 prediction_id=output.prediction_id,
             )
         return ext
-    return _EXT_BY_CONTENT_TYPE.get(content_type, "bin")
+    return EXTENSIONS.get(content_type, UNKNOWN_EXTENSION)
 
 
 def images_metadata(images: list[StoredImage]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cometflux._compat import BaseHook
+from airflow_provider_cometflux._compat import BaseHook, amask_secret_function
 from airflow_provider_cometflux.exceptions import CometAPIConnectionConfigError
 from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE
 from airflow_provider_cometflux.hooks.transport import USER_AGENT
@@ -171,15 +171,7 @@ async def _alookup(conn_id: str) -> Credentials:
 
 async def _amask(secret: str) -> None:
     """Register a secret with the masker from async code, without blocking the event loop."""
-    try:
-        from airflow.sdk.log import amask_secret
-    except ImportError:  # older Airflow: its mask_secret waits for the triggerer's loop, so call it off the loop
-        from airflow.sdk.log import mask_secret
-        from asgiref.sync import sync_to_async
-
-        await sync_to_async(mask_secret)(secret)
-        return
-    await amask_secret(secret)
+    await amask_secret_function()(secret)
 
 
 @dataclass

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from airflow_provider_cometflux.exceptions import (
+    BodyTooLargeError,
     CometAPIError,
+    DeadlineReachedError,
     IncompleteDownloadError,
     OutputExpiredError,
     OutputTooLargeError,
@@ -20,8 +22,6 @@ from airflow_provider_cometflux.exceptions import (
 from airflow_provider_cometflux.hooks.transport import (
     USER_AGENT,
     Answer,
-    BodyTooLarge,
-    DeadlineReached,
     Retrier,
     iter_sync_body,
     service_error,
@@ -129,12 +129,12 @@ def _download_once(
             for chunk in iter_sync_body(resp, deadline=retrier.deadline or math.inf, limit=max_bytes):
                 size += len(chunk)
                 sink.write(chunk)
-    except BodyTooLarge:
+    except BodyTooLargeError:
         raise OutputTooLargeError(
             f"the output {shown} sent more than {max_bytes} bytes (max_output_bytes); the copy was abandoned",
             prediction_id=prediction_id,
         ) from None
-    except DeadlineReached:
+    except DeadlineReachedError:
         raise CometAPIError(
             f"copying {shown} took longer than {timeout:g}s (download_timeout); the copy was abandoned",
             prediction_id=prediction_id,

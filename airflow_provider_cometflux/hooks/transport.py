@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_cometflux.exceptions import (
+    BodyTooLargeError,
     CometAPIAuthError,
     CometAPIError,
+    DeadlineReachedError,
     PredictionMayExistError,
 )
 from airflow_provider_cometflux.models import safe_text
@@ -197,14 +199,6 @@ def failure(answer: Answer) -> CometAPIError:
     return CometAPIError("the service gave no usable answer", transient=answer.retryable)
 
 
-class BodyTooLarge(Exception):
-    """An answer longer than the limit its reader was given."""
-
-
-class DeadlineReached(Exception):
-    """The deadline of a request passed while its answer was still arriving."""
-
-
 class Retrier:
     """
     The one retry decision of every face: how long to wait before the next try, or none (the error stands).
@@ -274,21 +268,21 @@ def iter_sync_body(resp: requests.Response, *, deadline: float, limit: int) -> A
 
     Each read returns as soon as some bytes are there, so one byte a second cannot hold a read past the deadline.
 
-    :raises DeadlineReached: at the deadline.
-    :raises BodyTooLarge: past ``limit`` bytes.
+    :raises DeadlineReachedError: at the deadline.
+    :raises BodyTooLargeError: past ``limit`` bytes.
     """
     raw = resp.raw
     read = getattr(raw, "read1", None) or raw.read
     size = 0
     while True:
         if time.monotonic() >= deadline:
-            raise DeadlineReached()
+            raise DeadlineReachedError()
         chunk = read(CHUNK_SIZE, decode_content=True)
         if not chunk:
             return
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge()
+            raise BodyTooLargeError()
         yield chunk
 
 
@@ -333,10 +327,10 @@ def sync_request(
                     prediction_id=prediction_id,
                     secret=keyholder.api_key,
                 )
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, DeadlineReached) as exc:
-            sent = isinstance(exc, DeadlineReached) or _was_sent(exc)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, DeadlineReachedError) as exc:
+            sent = isinstance(exc, DeadlineReachedError) or _was_sent(exc)
             answer = transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=keyholder.api_key)
-        except BodyTooLarge:
+        except BodyTooLargeError:
             answer = _too_large(op, prediction_id)
         if answer.data is not None:
             return answer.data
@@ -350,8 +344,8 @@ def sync_request(
 def _sync_body(resp: requests.Response, retrier: Retrier, connect: float, read: float) -> Any:
     try:
         yield from iter_sync_body(resp, deadline=retrier.try_deadline(connect, read), limit=MAX_API_BODY)
-    except DeadlineReached:
-        raise DeadlineReached(f"the answer was still arriving after {connect + read:.0f}s") from None
+    except DeadlineReachedError:
+        raise DeadlineReachedError(f"the answer was still arriving after {connect + read:.0f}s") from None
 
 
 def _too_large(op: str, prediction_id: str | None) -> Answer:
@@ -378,13 +372,13 @@ def _async_sent(exc: BaseException) -> bool:
 async def _read_async_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     declared = resp.content_length
     if declared is not None and declared > limit:
-        raise BodyTooLarge()
+        raise BodyTooLargeError()
     chunks: list[bytes] = []
     size = 0
     while chunk := await resp.content.read(CHUNK_SIZE):
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge()
+            raise BodyTooLargeError()
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -440,7 +434,7 @@ async def async_request(
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             sent = _async_sent(exc)
             answer = transport_failure(op, exc, sent=sent, prediction_id=prediction_id, secret=keyholder.api_key)
-        except BodyTooLarge:
+        except BodyTooLargeError:
             answer = _too_large(op, prediction_id)
         if answer.data is not None:
             return answer.data

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import conf
-from airflow_provider_cometflux.completion import XCOM_PREDICTION_IDS, complete_batch
+from airflow_provider_cometflux.completion import complete_batch
+from airflow_provider_cometflux.contract import XCOM_CREATE_ERRORS, XCOM_PREDICTION_IDS
 from airflow_provider_cometflux.events import batch_results
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.job import DEFAULT_DEFER_AFTER
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 
 #: The task state store key holding the batch's prediction ids across attempts (Airflow 3.3+).
 STATE_KEY = "cometflux_batch"
-#: Internal XCom: why a prompt has no prediction, kept across the deferral (``{"<index>": "<message>"}``).
-XCOM_CREATE_ERRORS = "_cometflux_create_errors"
 
 
 class CometFluxBatchOperator(CometFluxBaseOperator):

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import conf
 from airflow_provider_cometflux.checks import check_count
-from airflow_provider_cometflux.completion import XCOM_PREDICTION_ID, complete_one
+from airflow_provider_cometflux.completion import complete_one
+from airflow_provider_cometflux.contract import XCOM_PREDICTION_ID
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.job import DEFAULT_DEFER_AFTER
 from airflow_provider_cometflux.links import CometAPIPredictionLink

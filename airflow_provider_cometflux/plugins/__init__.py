@@ -2,32 +2,22 @@
 
 Registered through the ``airflow.plugins`` entry point, so installing the package is enough. The API server mounts
 the FastAPI app (:mod:`airflow_provider_cometflux.plugins.app`) at :data:`URL_PREFIX`; the two external views put it
-in the task instance and DAG run pages. Workers load plugins too: this module imports nothing heavy, and the app is
-built only when the API server asks for it. Airflow 3.0 has no plugin UI: there the plugin registers nothing.
+in the task instance and DAG run pages. Workers load plugins too: this module imports only the
+provider's ``_compat`` (the Airflow classes a worker loads anyway), and the app is built only when the API server
+asks for it. Airflow 3.0 has no plugin UI: there the plugin registers nothing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-try:  # Airflow 3.2+: the Task SDK's class, which workers load without Airflow core's plugin manager
-    from airflow.sdk.plugins_manager import AirflowPlugin
-except ImportError:  # Airflow 3.0-3.1
-    from airflow.plugins_manager import AirflowPlugin  # type: ignore[no-redef,assignment]
+from airflow_provider_cometflux._compat import AirflowPlugin, ui_plugins_supported
 
 #: Where the API server mounts the app.
 URL_PREFIX = "/cometflux"
 #: The UI routes of the two views (``/plugin/<url_route>`` under a task instance or a DAG run).
 TASK_INSTANCE_ROUTE = "cometflux-images"
 DAG_RUN_ROUTE = "cometflux-gallery"
-
-
-def ui_plugins_supported() -> bool:
-    """:return: whether this Airflow has UI plugins (external views, 3.1+)."""
-    from airflow import __version__
-    from packaging.version import Version
-
-    return Version(__version__).release[:2] >= (3, 1)
 
 
 def task_instance_view_href() -> str:

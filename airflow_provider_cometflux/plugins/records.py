@@ -11,27 +11,36 @@ recorded before anything is opened.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_cometflux.contract import (
+    BATCH_XCOM_KEYS,
+    CONTENT_TYPES,
+    XCOM_FAILURES,
+    XCOM_IMAGES,
+    XCOM_KEYS,
+    XCOM_PREDICTION,
+    XCOM_PREDICTION_ID,
+    XCOM_PREDICTION_IDS,
+    XCOM_PREDICTIONS,
+    XCOM_RETURN_VALUE,
+    parse_stored_image_name,
+)
+
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
     from sqlalchemy.orm import Session
 
 #: The XCom keys the view reads.
-KEYS = ("prediction", "predictions", "images", "failures", "prediction_ids", "prediction_id", "return_value")
+KEYS = XCOM_KEYS
 #: The keys that mark a task instance as one of this provider's (``return_value`` alone says nothing).
-OWN_KEYS = frozenset(KEYS) - {"return_value"}
+OWN_KEYS = frozenset(KEYS) - {XCOM_RETURN_VALUE}
 #: How long a delivery URL lives after its prediction completed (the service deletes outputs after an hour).
 DELIVERY_LIFETIME = timedelta(hours=1)
-#: Stored file extension -> Content-Type; nothing else is ever served.
-CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
-#: How storage names a stored image: ``<prediction id>-<index>.<ext>``.
-_STORED_NAME = re.compile(r"^(?P<pid>[A-Za-z0-9_-]+)-(?P<n>\d+)\.(?P<ext>png|jpg|webp)$")
 
 
 @dataclass
@@ -222,24 +231,24 @@ def task_images(
     """
     now = now or datetime.now(timezone.utc)
     counter = [0]
-    batch = any(key in xcoms for key in ("prediction_ids", "predictions", "failures"))
+    batch = any(key in xcoms for key in BATCH_XCOM_KEYS)
     if not batch:
         card = Card(task_id, map_index, None, status=state)
-        card.prediction_id = _text(xcoms.get("prediction_id"))
-        prediction = xcoms.get("prediction") if isinstance(xcoms.get("prediction"), Mapping) else None
+        card.prediction_id = _text(xcoms.get(XCOM_PREDICTION_ID))
+        prediction = xcoms.get(XCOM_PREDICTION) if isinstance(xcoms.get(XCOM_PREDICTION), Mapping) else None
         _fill(card, prediction)
         if prediction is None and state in ("failed", "upstream_failed", "up_for_retry"):
             card.error = "The task failed before it recorded a result; its log says why."
-        _pictures(card, xcoms.get("images"), xcoms.get("return_value"), prediction, recorded_at, now, counter)
+        _pictures(card, xcoms.get(XCOM_IMAGES), xcoms.get(XCOM_RETURN_VALUE), prediction, recorded_at, now, counter)
         cards = [card] if (card.prediction_id or card.pictures or prediction) else []
         return TaskImages(task_id, map_index, state, cards)
 
-    ids = _as_list(xcoms.get("prediction_ids"))
-    predictions = _as_list(xcoms.get("predictions"))
-    images = _as_list(xcoms.get("images"))
-    results = _as_list(xcoms.get("return_value"))
+    ids = _as_list(xcoms.get(XCOM_PREDICTION_IDS))
+    predictions = _as_list(xcoms.get(XCOM_PREDICTIONS))
+    images = _as_list(xcoms.get(XCOM_IMAGES))
+    results = _as_list(xcoms.get(XCOM_RETURN_VALUE))
     failures: dict[int, Mapping[str, Any]] = {}
-    for failure in _as_list(xcoms.get("failures")):
+    for failure in _as_list(xcoms.get(XCOM_FAILURES)):
         if isinstance(failure, Mapping) and isinstance(failure.get("index"), int):
             failures[failure["index"]] = failure
     count = max([len(ids), len(predictions), len(images), len(results), *(i + 1 for i in failures)], default=0)
@@ -282,10 +291,10 @@ def stored_image_path(card: Card, picture: Picture) -> tuple[ObjectStoragePath, 
     segments = parts.path.split("/")
     if any(segment in (".", "..") for segment in segments):
         raise LookupError("a relative segment in the stored URI")
-    match = _STORED_NAME.match(segments[-1])
-    if match is None or (card.prediction_id and match["pid"] != card.prediction_id):
+    name = parse_stored_image_name(segments[-1])
+    if name is None or (card.prediction_id and name[0] != card.prediction_id):
         raise LookupError("not a name storage writes")
-    return ObjectStoragePath(uri), CONTENT_TYPES[match["ext"]]
+    return ObjectStoragePath(uri), CONTENT_TYPES[name[2]]
 
 
 def _order(items: Iterable[TaskImages]) -> list[TaskImages]:
@@ -333,7 +342,7 @@ def load_task_images(
         key = (row.task_id, row.map_index)
         found.setdefault(key, {})[row.key] = XComModel.deserialize_value(row)
         stamp = _parse_time(row.timestamp)
-        if stamp is not None and row.key in ("prediction", "predictions", "return_value"):
+        if stamp is not None and row.key in (XCOM_PREDICTION, XCOM_PREDICTIONS, XCOM_RETURN_VALUE):
             recorded[key] = max(recorded.get(key, stamp), stamp)
     return _order(
         task_images(t, m, states.get((t, m), ""), xcoms, recorded_at=recorded.get((t, m)), now=now)

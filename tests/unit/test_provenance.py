@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_cometflux.exceptions import CometFluxInputError
+from airflow_provider_cometflux.exceptions import CometFluxInputError, ProvenanceFormatError
 from airflow_provider_cometflux.provenance import (
     SIDECAR_FORMAT,
     ImageRecord,
     ManifestRecord,
     PredictionRecord,
-    ProvenanceFormatError,
     load_manifest,
     load_sidecar,
     manifest_row,

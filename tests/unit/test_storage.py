@@ -188,3 +188,12 @@ def test_input_image_size_limit(tmp_path):
     big.write_bytes(b"\x00" * 2000)
     with pytest.raises(CometFluxInputError, match=r"2000 bytes.*at most 1000 bytes"):
         inline_input_images({"input_image": str(big)}, max_bytes=1000)
+
+
+def test_write_whole_replaces_the_file_and_leaves_no_temporary_one(tmp_path):
+    from airflow_provider_cometflux.storage import write_whole
+
+    uri = write_whole(tmp_path / "out", "notes.json", "first")
+    assert write_whole(tmp_path / "out", "notes.json", "second ü") == uri
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.json"]
+    assert (tmp_path / "out" / "notes.json").read_text(encoding="utf-8") == "second ü"

@@ -17,6 +17,8 @@ import unicodedata
 from functools import lru_cache
 from typing import Any
 
+from airflow_provider_cometflux.contract import CONTENT_TYPES
+
 __all__ = [
     "CONTENT_TYPES",
     "FLUX_SIZES",
@@ -26,8 +28,6 @@ __all__ = [
     "render_image",
 ]
 
-#: Content-Type for each supported format name.
-CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
 
 #: Width and height at 1 megapixel for each aspect ratio of FLUX on Replicate (``0.25`` megapixels halves both).
 FLUX_SIZES: dict[str, tuple[int, int]] = {

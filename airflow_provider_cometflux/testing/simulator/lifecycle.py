@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from airflow_provider_cometflux.schema import LIST_OUTPUT_MODELS, default_output_format
 from airflow_provider_cometflux.testing.simulator.faults import DIRECTIVE_RE, FaultRule, parse_fault_directives
 from airflow_provider_cometflux.testing.simulator.images import flux_size, normalise_format
 
@@ -41,7 +42,6 @@ DEFAULT_FAILURE_MESSAGE = "NSFW content detected. Try running it again, or try a
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 #: ``[sim:output=...]`` values: the output's shape, or a success without images (``empty``: ``[]``, ``null``).
 OUTPUT_KINDS = ("list", "string", "empty", "null")
-LIST_OUTPUT_MODELS = frozenset({"black-forest-labs/flux-schnell", "black-forest-labs/flux-dev"})
 START_FRACTION = 0.1
 #: Any model's predictions read ``version: "hidden"``, as official models' do on Replicate.
 HIDDEN_VERSION = "hidden"
@@ -188,7 +188,7 @@ def build_record(
     except ValueError:
         fmt = ""
     if not fmt:
-        fmt = "png" if "kontext" in model else "webp"
+        fmt = default_output_format(model)
     width, height = flux_size(
         model_input.get("aspect_ratio", "custom" if "width" in model_input else None),
         model_input.get("megapixels"),

@@ -12,138 +12,65 @@ with one ``invalid_fields`` entry (and one ``detail`` line) per problem, in the 
 validator: ``prompt is required`` (``required``, field ``input``), ``Invalid type. Expected: integer, given:
 string`` (``invalid_type``), ``aspect_ratio must be one of the following: "1:1", "16:9", ...`` (``enum``),
 ``Must be greater than or equal to 1`` (``number_gte``), ``Must be less than or equal to 4`` (``number_lte``).
-Inputs a schema does not name are ignored, as the service ignores them.
+Inputs a schema does not name are ignored, as the service ignores them. The rules are the provider's own table
+(:mod:`airflow_provider_cometflux.schema`), so the simulator refuses exactly what the provider's validation refuses,
+naming the same field; a refused image is ``Does not match format 'uri'`` (``format``), a list too long ``Array must
+have at most N items`` (``array_max_items``), and a cross-field rule (``aspect_ratio`` ``custom`` without ``width``
+and ``height``) names the input that asks for the others (``needs``).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from typing import Any
+
+from airflow_provider_cometflux import schema
+from airflow_provider_cometflux.schema import MODELS, Input, Needs, Problem
 
 __all__ = [
     "DEFAULT_KNOWN_MODELS",
     "MODEL_SCHEMAS",
-    "Field",
     "invalid_fields",
     "model_not_found_body",
     "validation_problem_body",
 ]
 
-
-@dataclass(frozen=True)
-class Field:
-    """
-    One input of a model's schema.
-
-    :param type: the JSON-schema type: ``string``, ``integer``, ``number`` or ``boolean``.
-    :param enum: the allowed values, if the input is a choice.
-    :param minimum: the smallest allowed number.
-    :param maximum: the largest allowed number.
-    """
-
-    type: str
-    enum: tuple[Any, ...] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-
-
-_FLUX_RATIOS = ("1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21")
-_PRO_RATIOS = ("custom", "1:1", "16:9", "3:2", "2:3", "4:5", "5:4", "9:16", "3:4", "4:3")
-_KONTEXT_RATIOS = (
-    "match_input_image",
-    "1:1",
-    "16:9",
-    "9:16",
-    "4:3",
-    "3:4",
-    "3:2",
-    "2:3",
-    "4:5",
-    "5:4",
-    "21:9",
-    "9:21",
-    "2:1",
-    "1:2",
-)
-
-_SCHNELL: dict[str, Field] = {
-    "prompt": Field("string"),
-    "aspect_ratio": Field("string", enum=_FLUX_RATIOS),
-    "num_outputs": Field("integer", minimum=1, maximum=4),
-    "num_inference_steps": Field("integer", minimum=1, maximum=4),
-    "seed": Field("integer"),
-    "output_format": Field("string", enum=("webp", "jpg", "png")),
-    "output_quality": Field("integer", minimum=0, maximum=100),
-    "disable_safety_checker": Field("boolean"),
-    "go_fast": Field("boolean"),
-    "megapixels": Field("string", enum=("1", "0.25")),
-}
-_DEV: dict[str, Field] = {
-    **_SCHNELL,
-    "num_inference_steps": Field("integer", minimum=1, maximum=50),
-    "guidance": Field("number", minimum=0, maximum=10),
-    "image": Field("string"),
-    "prompt_strength": Field("number", minimum=0, maximum=1),
-}
-_PRO: dict[str, Field] = {
-    "prompt": Field("string"),
-    "aspect_ratio": Field("string", enum=_PRO_RATIOS),
-    "width": Field("integer", minimum=256, maximum=1440),
-    "height": Field("integer", minimum=256, maximum=1440),
-    "image_prompt": Field("string"),
-    "safety_tolerance": Field("integer", minimum=1, maximum=6),
-    "seed": Field("integer"),
-    "prompt_upsampling": Field("boolean"),
-    "output_format": Field("string", enum=("webp", "jpg", "png")),
-    "output_quality": Field("integer", minimum=0, maximum=100),
-}
-_KONTEXT: dict[str, Field] = {
-    "prompt": Field("string"),
-    "input_image": Field("string"),
-    "aspect_ratio": Field("string", enum=_KONTEXT_RATIOS),
-    "output_format": Field("string", enum=("jpg", "png")),
-    "safety_tolerance": Field("integer", minimum=0, maximum=6),
-    "seed": Field("integer"),
-    "prompt_upsampling": Field("boolean"),
-}
-
-#: Each known model's inputs (``prompt`` is required by all of them).
-MODEL_SCHEMAS: dict[str, dict[str, Field]] = {
-    "black-forest-labs/flux-schnell": _SCHNELL,
-    "black-forest-labs/flux-dev": _DEV,
-    "black-forest-labs/flux-1.1-pro": _PRO,
-    "black-forest-labs/flux-kontext-pro": _KONTEXT,
-    "black-forest-labs/flux-kontext-max": _KONTEXT,
-}
+#: Each known model's schema (the provider's table).
+MODEL_SCHEMAS = MODELS
 #: The models the simulator serves unless told otherwise (``known_models=``).
-DEFAULT_KNOWN_MODELS: frozenset[str] = frozenset(MODEL_SCHEMAS)
-_REQUIRED = ("prompt",)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "integer" if math.isfinite(value) and value.is_integer() else "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    return "object"
-
-
-def _matches(expected: str, given: str) -> bool:
-    return given == expected or (expected == "number" and given == "integer")
+DEFAULT_KNOWN_MODELS: frozenset[str] = frozenset(MODELS)
 
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _entry(problem: Problem) -> dict[str, str]:
+    """One ``invalid_fields`` entry, in the words of Replicate's validator."""
+    rule, name, where = problem.rule, problem.field.rpartition(".")[2], problem.where
+    if problem.kind == schema.REQUIRED:
+        return {"type": "required", "field": "input", "description": f"{problem.field} is required"}
+    if isinstance(rule, Needs):
+        needed = " and ".join(rule.needs)
+        description = f"{name} {json.dumps(rule.value)} needs {needed}"
+        return {"type": "needs", "field": where, "description": description}
+    assert isinstance(rule, Input)
+    if problem.kind == schema.TYPE:
+        description = f"Invalid type. Expected: {rule.type}, given: {schema.json_type(problem.value)}"
+        return {"type": "invalid_type", "field": where, "description": description}
+    if problem.kind == schema.ENUM:
+        allowed = ", ".join(json.dumps(choice) for choice in rule.enum or ())
+        return {"type": "enum", "field": where, "description": f"{name} must be one of the following: {allowed}"}
+    if problem.kind == schema.MINIMUM:
+        description = f"Must be greater than or equal to {_number(rule.minimum or 0)}"
+        return {"type": "number_gte", "field": where, "description": description}
+    if problem.kind == schema.MAXIMUM:
+        description = f"Must be less than or equal to {_number(rule.maximum or 0)}"
+        return {"type": "number_lte", "field": where, "description": description}
+    if problem.kind == schema.MAX_ITEMS:
+        description = f"Array must have at most {rule.max_items} items"
+        return {"type": "array_max_items", "field": where, "description": description}
+    return {"type": "format", "field": where, "description": f"Does not match format '{rule.format}'"}
 
 
 def invalid_fields(model: str, model_input: dict[str, Any]) -> list[dict[str, str]]:
@@ -154,33 +81,7 @@ def invalid_fields(model: str, model_input: dict[str, Any]) -> list[dict[str, st
     :param model_input: the create request's ``input``.
     :return: Replicate's ``invalid_fields`` entries (``type``, ``field``, ``description``); empty when valid.
     """
-    schema = MODEL_SCHEMAS.get(model)
-    if schema is None:
-        return []
-    problems: list[dict[str, str]] = []
-    for name in _REQUIRED:
-        if name not in model_input:
-            problems.append({"type": "required", "field": "input", "description": f"{name} is required"})
-    for name, spec in schema.items():
-        if name not in model_input:
-            continue
-        value, where = model_input[name], f"input.{name}"
-        given = _json_type(value)
-        if not _matches(spec.type, given):
-            description = f"Invalid type. Expected: {spec.type}, given: {given}"
-            problems.append({"type": "invalid_type", "field": where, "description": description})
-            continue
-        if spec.enum is not None and value not in spec.enum:
-            allowed = ", ".join(json.dumps(choice) for choice in spec.enum)
-            description = f"{name} must be one of the following: {allowed}"
-            problems.append({"type": "enum", "field": where, "description": description})
-        if spec.minimum is not None and value < spec.minimum:
-            description = f"Must be greater than or equal to {_number(spec.minimum)}"
-            problems.append({"type": "number_gte", "field": where, "description": description})
-        if spec.maximum is not None and value > spec.maximum:
-            description = f"Must be less than or equal to {_number(spec.maximum)}"
-            problems.append({"type": "number_lte", "field": where, "description": description})
-    return problems
+    return [_entry(problem) for problem in schema.problems(model, model_input)]
 
 
 def validation_problem_body(problems: list[dict[str, str]]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ DEV = "black-forest-labs/flux-dev"
 PRO = "black-forest-labs/flux-1.1-pro"
 KONTEXT_PRO = "black-forest-labs/flux-kontext-pro"
 KONTEXT_MAX = "black-forest-labs/flux-kontext-max"
+#: Pillow's name of each output format.
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
 @pytest.fixture
@@ -40,8 +42,12 @@ def post_create(
     )
 
 
-def get_prediction(sim: CometAPISimulator, prediction_id: str) -> requests.Response:
-    return requests.get(f"{sim.base_url}/replicate/v1/predictions/{prediction_id}", headers=AUTH, timeout=30)
+def get_prediction(
+    sim: CometAPISimulator, prediction_id: str, headers: dict[str, str] | None = None
+) -> requests.Response:
+    """``GET`` a prediction (with the simulator's key unless ``headers`` say otherwise)."""
+    url = f"{sim.base_url}/replicate/v1/predictions/{prediction_id}"
+    return requests.get(url, headers=headers or AUTH, timeout=30)
 
 
 def finished(sim: CometAPISimulator, prediction_id: str, limit: float = 10.0) -> dict[str, Any]:

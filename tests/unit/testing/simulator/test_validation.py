@@ -19,6 +19,7 @@ from tests.unit.testing.conftest import (
     get_prediction,
     post_create,
 )
+from tests.unit.testing.simulator.conftest import KONTEXT, RUN, create
 
 # ------------------------------------------------------------------------------------------ unknown models
 
@@ -326,3 +327,31 @@ def test_output_empty_and_null_succeed_without_images(strict_sim: CometAPISimula
     assert null["status"] == "succeeded" and null["output"] is None and null["data_removed"] is False
     assert empty["metrics"]["image_count"] == 0 and null["metrics"]["image_count"] == 0
     assert requests.get(f"{strict_sim.base_url}/files/{empty_id}/0.webp", timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs", "field"),
+    [
+        (SCHNELL, {"prompt": None}, "input"),
+        (PRO, {"prompt": 3}, "input.prompt"),
+        (KONTEXT, {"output_format": "webp"}, "input.output_format"),
+        (SCHNELL, {"output_format": "gif"}, "input.output_format"),
+        (DEV, {"num_outputs": 5}, "input.num_outputs"),
+        (SCHNELL, {"num_outputs": "2"}, "input.num_outputs"),
+    ],
+)
+def test_known_models_validate_inputs(sim: CometAPISimulator, model: str, inputs: dict[str, Any], field: str) -> None:
+    inputs = {"prompt": "a cat", **inputs}
+    response = create(sim, inputs.pop("prompt"), model, **inputs)
+    assert response.status_code == 422
+    assert response.headers["Content-Type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == 422 and field in body["detail"]
+    assert [item["field"] for item in body["invalid_fields"]] == [field]
+
+
+def test_validation_can_be_turned_off_and_skips_other_models() -> None:
+    with CometAPISimulator(run_seconds=RUN, validate_input=False) as sim:
+        assert create(sim, None, SCHNELL, num_outputs=9).status_code == 201
+    with CometAPISimulator(run_seconds=RUN, known_models=None) as sim:
+        assert create(sim, None, "acme/anything", output_format="tiff").status_code == 201

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
 from airflow_provider_cometflux.testing.simulator.images import FLUX_SIZES, flux_size, render_image
-from tests.unit.testing.conftest import DEV, KONTEXT_PRO, PRO, SCHNELL, decode, finished, post_create
-
-PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+from tests.unit.testing.conftest import (
+    DEV,
+    KONTEXT_PRO,
+    PIL_FORMATS,
+    PRO,
+    SCHNELL,
+    decode,
+    finished,
+    post_create,
+)
+from tests.unit.testing.simulator.conftest import create_id, wait_done
 
 
 @pytest.mark.parametrize(
@@ -120,3 +130,38 @@ def test_images_are_deterministic_per_prediction_and_index_and_drawn_lazily_once
         other = requests.get(finished(sim, ids[1])["output"][0], timeout=30).content
         assert other != first
         assert creating < 20, creating
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content_type", "aspect_ratio", "size"),
+    [
+        ("webp", "image/webp", "16:9", (1344, 768)),
+        ("jpg", "image/jpeg", "2:3", (832, 1216)),
+        ("png", "image/png", None, (1024, 1024)),
+    ],
+)
+def test_downloads_are_real_stable_images(
+    sim: CometAPISimulator, fmt: str, content_type: str, aspect_ratio: str | None, size: tuple[int, int]
+) -> None:
+    inputs: dict[str, Any] = {"output_format": fmt, "num_outputs": 2}
+    if aspect_ratio:
+        inputs["aspect_ratio"] = aspect_ratio
+    pid = create_id(sim, "a cat", SCHNELL, **inputs)
+    first_url, second_url = wait_done(sim, pid)["output"]
+    first = requests.get(first_url, timeout=10)
+    assert first.status_code == 200
+    assert first.headers["Content-Type"] == content_type
+    assert int(first.headers["Content-Length"]) == len(first.content)
+    assert decode(first.content) == (PIL_FORMATS[fmt], size)
+    assert requests.get(first_url, timeout=10).content == first.content
+    second = requests.get(second_url, timeout=10).content
+    assert second != first.content and decode(second) == (PIL_FORMATS[fmt], size)
+    assert sim.file_bytes(pid, 0) == first.content
+
+
+def test_large_images(tmp_path: Path) -> None:
+    with CometAPISimulator(run_seconds=0.05, image_bytes=8 * 1024 * 1024) as sim:
+        pid = create_id(sim, "a big cat", PRO, output_format="png")
+        response = requests.get(wait_done(sim, pid)["output"], timeout=10)
+        assert len(response.content) == 8 * 1024 * 1024
+        assert decode(response.content) == ("PNG", (1024, 1024))

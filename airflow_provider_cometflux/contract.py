@@ -1,0 +1,146 @@
+"""What a task of this provider leaves behind, named once: XCom keys, file names, record fields, image formats.
+
+Completion and storage write these, provenance builds and reads the records, the UI plugin reads all of them back
+and the simulator serves the image formats. Pure data, no Airflow import: every side can read it cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+
+# ------------------------------------------------------------------------------------------------------- XComs
+
+#: The prediction's id (the operator pushes it as soon as it is created).
+XCOM_PREDICTION_ID = "prediction_id"
+#: The prediction's summary with the request's input (:meth:`~airflow_provider_cometflux.models.Prediction.summary`).
+XCOM_PREDICTION = "prediction"
+#: The stored images' metadata (:data:`IMAGE_FIELDS`): a list for a prediction, a list of lists for a batch.
+XCOM_IMAGES = "images"
+#: A batch's prediction ids, per prompt (``None`` where none was created).
+XCOM_PREDICTION_IDS = "prediction_ids"
+#: A batch's :data:`XCOM_PREDICTION` values, per prompt (``None`` where it has no images).
+XCOM_PREDICTIONS = "predictions"
+#: A batch's failed prompts (:data:`FAILURE_FIELDS`), in prompt order.
+XCOM_FAILURES = "failures"
+#: Why a batch's prompts have no prediction, by position (kept for the task's completion; not for users).
+XCOM_CREATE_ERRORS = "_cometflux_create_errors"
+#: Airflow's own key: the stored URIs, or the delivery URLs without ``output_path`` (a list per prompt in a batch).
+XCOM_RETURN_VALUE = "return_value"
+
+#: Every key a task of this provider writes for others to read.
+XCOM_KEYS = (
+    XCOM_PREDICTION,
+    XCOM_PREDICTIONS,
+    XCOM_IMAGES,
+    XCOM_FAILURES,
+    XCOM_PREDICTION_IDS,
+    XCOM_PREDICTION_ID,
+    XCOM_RETURN_VALUE,
+)
+#: The keys only a batch writes.
+BATCH_XCOM_KEYS = (XCOM_PREDICTION_IDS, XCOM_PREDICTIONS, XCOM_FAILURES)
+
+#: One entry of XCom :data:`XCOM_IMAGES`.
+IMAGE_FIELDS = ("uri", "source_url", "sha256", "bytes", "content_type")
+#: One entry of XCom :data:`XCOM_FAILURES`.
+FAILURE_FIELDS = ("index", "prompt", "prediction_id", "status", "message")
+
+# ---------------------------------------------------------------------------------------------- image formats
+
+#: ``output_format`` -> (file extension, Content-Type): the only images stored, served or simulated.
+FORMATS: dict[str, tuple[str, str]] = {
+    "webp": ("webp", "image/webp"),
+    "jpg": ("jpg", "image/jpeg"),
+    "png": ("png", "image/png"),
+}
+#: Stored file extension -> Content-Type.
+CONTENT_TYPES: dict[str, str] = dict(FORMATS.values())
+#: Content-Type -> stored file extension.
+EXTENSIONS: dict[str, str] = {content_type: ext for ext, content_type in FORMATS.values()}
+#: The extension of a stored file whose Content-Type is none of :data:`FORMATS` (and no format was asked for).
+UNKNOWN_EXTENSION = "bin"
+
+# ------------------------------------------------------------------------------------------------- file names
+
+#: A batch task's manifest; a mapped batch task writes ``manifest-<map index>.jsonl``.
+MANIFEST_NAME = "manifest.jsonl"
+_STORED_NAME = re.compile(rf"^(?P<pid>[A-Za-z0-9_-]+)-(?P<n>\d+)\.(?P<ext>{'|'.join(CONTENT_TYPES)})$")
+
+
+def stored_image_stem(prediction_id: str, index: int) -> str:
+    """
+    :param prediction_id: the prediction.
+    :param index: the output's position in the prediction's output.
+    :return: a stored image's name without its extension: ``<prediction id>-<index>``.
+    """
+    return f"{prediction_id}-{index}"
+
+
+def stored_image_name(prediction_id: str, index: int, ext: str) -> str:
+    """
+    :param prediction_id: the prediction.
+    :param index: the output's position.
+    :param ext: the file extension (:data:`FORMATS`).
+    :return: ``<prediction id>-<index>.<ext>``.
+    """
+    return f"{stored_image_stem(prediction_id, index)}.{ext}"
+
+
+def parse_stored_image_name(name: str) -> tuple[str, int, str] | None:
+    """
+    :param name: a file name (no folder part).
+    :return: ``(prediction id, index, extension)`` for a name storage writes with a known image extension, else
+        ``None``.
+    """
+    match = _STORED_NAME.match(name)
+    if match is None:
+        return None
+    return match["pid"], int(match["n"]), match["ext"]
+
+
+def sidecar_name(prediction_id: str) -> str:
+    """
+    :param prediction_id: the prediction (already checked as a safe file name).
+    :return: its sidecar's name, ``<prediction id>.json``.
+    """
+    return f"{prediction_id}.json"
+
+
+def manifest_name(map_index: int | None) -> str:
+    """
+    :param map_index: the batch task's map index (``-1`` or ``None`` when it is not mapped).
+    :return: :data:`MANIFEST_NAME`, or ``manifest-<map index>.jsonl`` for a mapped task.
+    """
+    return MANIFEST_NAME if map_index is None or map_index < 0 else f"manifest-{map_index}.jsonl"
+
+
+# ----------------------------------------------------------------------------------- sidecars and manifests
+
+#: The format (and its version) written in every sidecar and every manifest line, as the field ``format``.
+SIDECAR_FORMAT = "cometflux.prediction/1"
+#: The formats the readers accept.
+KNOWN_FORMATS = frozenset({SIDECAR_FORMAT})
+#: The status of a manifest line whose prompt produced images.
+SUCCEEDED = "succeeded"
+#: The fields of the prediction a sidecar copies as they are.
+SIDECAR_PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
+#: Every field of a sidecar.
+SIDECAR_FIELDS = ("format", "prediction_id", *SIDECAR_PREDICTION_FIELDS, "error", "metrics", "input", "images")
+#: One image of a sidecar or a manifest line.
+RECORD_IMAGE_FIELDS = ("uri", "sha256", "bytes", "content_type", "source_url")
+#: Every field of a manifest line (every line has them all, so pandas and DuckDB read the file as one table).
+MANIFEST_FIELDS = (
+    "format",
+    "index",
+    "prompt",
+    "status",
+    "prediction_id",
+    "model",
+    "error",
+    "sidecar",
+    "images",
+    "input",
+    "created_at",
+    "completed_at",
+    "metrics",
+)
