@@ -28,6 +28,8 @@ from airflow_provider_cometflux.events import TIMEOUT, raise_for_event
 from airflow_provider_cometflux.exceptions import (
     CometAPIError,
     CometFluxBatchFailedError,
+    CometFluxError,
+    OutputStorageError,
     PredictionTimeoutError,
 )
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
@@ -56,6 +58,8 @@ __all__ = [  # the XCom keys are the contract's; importable from here as they al
 
 #: Failures listed in a batch task's error message (all of them are in XCom ``failures``).
 FAILURES_LISTED = 10
+#: The most characters of a prompt a warning or an error message quotes (the whole prompt is in XCom).
+PROMPT_QUOTED = 200
 
 
 @dataclass(frozen=True)
@@ -135,19 +139,41 @@ def finish_prediction(
         return Finished(record, urls)
     from airflow_provider_cometflux.storage import images_metadata, store_outputs
 
-    stored = store_outputs(
-        hook,
-        urls,
-        folder,
-        prediction.id,
-        output_format=outputs.output_format,
-        max_bytes=outputs.max_bytes,
-        timeout=outputs.timeout,
-    )
-    images = images_metadata(stored)
-    finished = Finished(record, [image.uri for image in stored], images)
-    _write_sidecar(outputs, finished)
+    try:
+        stored = store_outputs(
+            hook,
+            urls,
+            folder,
+            prediction.id,
+            output_format=outputs.output_format,
+            max_bytes=outputs.max_bytes,
+            timeout=outputs.timeout,
+        )
+        images = images_metadata(stored)
+        finished = Finished(record, [image.uri for image in stored], images)
+        _write_sidecar(outputs, finished)
+    except CometFluxError:  # a delivery URL's answer (expired, too large...): its own message says what to do
+        raise
+    except Exception as exc:  # the store refused (permissions, a full disk, a missing bucket...)
+        raise storage_failed(prediction.id, folder, urls, exc) from exc
     return finished
+
+
+def storage_failed(prediction_id: str, folder: object, urls: Sequence[str], exc: BaseException) -> OutputStorageError:
+    """
+    The error for a prediction that succeeded (and was paid for) whose images could not be stored: which
+    prediction, where its images still are, and how to get them.
+    """
+    return OutputStorageError(
+        f"Prediction {prediction_id} succeeded, but its images could not be stored in "
+        f"{safe_text(str(folder), limit=300)!r} ({type(exc).__name__}: {safe_text(exc, limit=300)}). They stay at "
+        f"their delivery URLs for about an hour after the prediction completed: {', '.join(map(safe_text, urls))}. "
+        "To recover, fix the storage, then retry the task: on Airflow 3.3+ a retry reattaches to prediction "
+        f"{prediction_id} through the task state store and downloads its images again; before Airflow 3.3 a retry "
+        "creates (and pays for) a new prediction, so download the URLs above within the hour instead if that "
+        "matters.",
+        prediction_id=prediction_id,
+    )
 
 
 def _write_sidecar(outputs: Outputs, finished: Finished) -> None:
@@ -166,7 +192,13 @@ def cancel_timed_out(hook: CometAPIHook, events: Sequence[Any]) -> None:
 
 
 def complete_one(
-    context: Context, event: Any, *, hook: CometAPIHook, outputs: Outputs, request_input: Mapping[str, Any] | None
+    context: Context,
+    event: Any,
+    *,
+    hook: CometAPIHook,
+    outputs: Outputs,
+    request_input: Mapping[str, Any] | None,
+    model: str | None = None,
 ) -> list[str]:
     """
     A single prediction's end: push XCom ``prediction`` (and ``images``), describe the outlet asset events, and
@@ -178,24 +210,40 @@ def complete_one(
     :param hook: the hook to download and cancel with.
     :param outputs: where to keep the images.
     :param request_input: the input the task sent, when it sent one (the sensor did not).
+    :param model: the model the task asked for (recorded when the prediction's own record lacks it).
+
+    A mapped task that sent its input (``.partial(...).expand(...)`` of the operator) with ``output_path`` also
+    writes ``manifest-<map index>.jsonl``: one line, as a batch's manifest has one per prompt, for its success or
+    its failure, so a run's folder holds a manifest line for every mapped prediction.
     """
     ti = context["ti"]
+    map_index = getattr(ti, "map_index", -1)
+    mapped = outputs.stored and request_input is not None and isinstance(map_index, int) and map_index >= 0
+    prompt = str((request_input or {}).get("prompt") or "")
     try:
         finished = finish_prediction(hook, event, outputs, request_input)
-    except PredictionTimeoutError:
-        cancel_timed_out(hook, [event])
-        raise
-    except CometAPIError:
+    except (CometAPIError, OutputStorageError) as exc:
+        timed_out = isinstance(exc, PredictionTimeoutError)
+        if timed_out:
+            cancel_timed_out(hook, [event])
         summary = event.get("prediction") if isinstance(event, dict) else None
-        if isinstance(summary, dict):  # a prediction that ended without images: recorded for the UI and others
+        if isinstance(summary, dict) and not timed_out:  # ended without stored images: recorded for the UI
             record = dict(summary)
             if request_input is not None:
                 record["input"] = recordable(request_input)
             ti.xcom_push(key=XCOM_PREDICTION, value=record)
+        if mapped:
+            pid = event.get("prediction_id") if isinstance(event, dict) else None
+            status = event.get("status") if isinstance(event, dict) else None
+            failure = _failure(map_index, prompt, pid, status, exc.message)
+            details = {map_index: _failure_details(event, request_input, model)}
+            _try_write_manifest(outputs, [(map_index, prompt)], {}, {map_index: failure}, details, map_index)
         raise
     ti.xcom_push(key=XCOM_PREDICTION, value=finished.record)
     if outputs.stored:
         ti.xcom_push(key=XCOM_IMAGES, value=finished.images)
+        if mapped:
+            _write_manifest(outputs, [(map_index, prompt)], {map_index: finished}, {}, {}, manifest_name(map_index))
         describe_outlets(context, {"images": finished.uris, "prediction_id": finished.prediction_id})
     log.info("Prediction %s done: %d image(s): %s", finished.prediction_id, len(finished.uris), finished.uris)
     return finished.uris
@@ -212,6 +260,7 @@ def complete_batch(
     hook: CometAPIHook,
     outputs: Outputs,
     fail_on_error: bool,
+    model: str | None = None,
 ) -> list[list[str]]:
     """
     A batch's end: every prompt's prediction through :func:`finish_prediction` (a few at a time), then XComs
@@ -224,6 +273,7 @@ def complete_batch(
     :param payloads: each prompt's input as sent.
     :param prediction_ids: each prompt's prediction id.
     :param create_errors: why a prompt has no prediction, by position.
+    :param model: the model the batch asked for (recorded on the manifest's failed lines).
     """
     cancel_timed_out(hook, events)
     finished: dict[int, Finished] = {}
@@ -232,7 +282,7 @@ def complete_batch(
     def finish(index: int) -> None:
         try:
             finished[index] = finish_prediction(hook, events[index], outputs, payloads[index])
-        except CometAPIError as exc:
+        except (CometAPIError, OutputStorageError) as exc:
             event = events[index] if isinstance(events[index], dict) else {}
             failures[index] = _failure(index, prompts[index], prediction_ids[index], event.get("status"), exc.message)
 
@@ -261,7 +311,9 @@ def complete_batch(
     ti.xcom_push(key=XCOM_FAILURES, value=failed)
     if outputs.stored:
         ti.xcom_push(key=XCOM_IMAGES, value=[finished[i].images if i in finished else [] for i in range(len(prompts))])
-        _write_manifest(outputs, prompts, finished, failures, manifest_name(getattr(ti, "map_index", -1)))
+        details = {i: _failure_details(events[i], payloads[i], model) for i in failures}
+        name = manifest_name(getattr(ti, "map_index", -1))
+        _write_manifest(outputs, list(enumerate(prompts)), finished, failures, details, name)
         flat = [uri for uris in results for uri in uris]
         ids = [finished[i].prediction_id for i in sorted(finished)]
         describe_outlets(context, {"images": flat, "prediction_ids": ids})
@@ -282,15 +334,17 @@ def complete_batch(
 
 def _write_manifest(
     outputs: Outputs,
-    prompts: Sequence[str],
+    prompts: Sequence[tuple[int, str]],
     finished: Mapping[int, Finished],
     failures: Mapping[int, dict[str, Any]],
+    details: Mapping[int, Mapping[str, Any]],
     name: str,
 ) -> None:
+    """One line per ``(index, prompt)``: its success (from its sidecar) or its failure (with ``details``)."""
     from airflow_provider_cometflux.provenance import manifest_row, write_manifest
 
     rows = []
-    for index, prompt in enumerate(prompts):
+    for index, prompt in prompts:
         done = finished.get(index)
         rows.append(
             manifest_row(
@@ -299,9 +353,37 @@ def _write_manifest(
                 record=None if done is None else done.provenance,
                 failure=failures.get(index),
                 sidecar_uri=None if done is None else done.sidecar,
+                details=details.get(index),
             )
         )
     write_manifest(outputs.output_path, rows, name=name)  # type: ignore[arg-type]
+
+
+def _try_write_manifest(
+    outputs: Outputs,
+    prompts: Sequence[tuple[int, str]],
+    finished: Mapping[int, Finished],
+    failures: Mapping[int, dict[str, Any]],
+    details: Mapping[int, Mapping[str, Any]],
+    map_index: int,
+) -> None:
+    """:func:`_write_manifest` while the task is already failing: a store that refuses it only adds a warning."""
+    try:
+        _write_manifest(outputs, prompts, finished, failures, details, manifest_name(map_index))
+    except Exception as exc:
+        log.warning("Could not write the manifest of map index %d: %s", map_index, safe_text(exc, limit=300))
+
+
+def _failure_details(event: Any, request_input: Mapping[str, Any] | None, model: str | None) -> dict[str, Any]:
+    """What a failed prompt's manifest line records besides its error: the model, the input sent, the times."""
+    summary = event.get("prediction") if isinstance(event, Mapping) else None
+    summary = summary if isinstance(summary, Mapping) else {}
+    return {
+        "model": summary.get("model") or model,
+        "input": recordable(request_input) if request_input is not None else {},
+        "created_at": summary.get("created_at"),
+        "completed_at": summary.get("completed_at"),
+    }
 
 
 def describe_outlets(context: Context, extra: Mapping[str, Any]) -> None:
@@ -325,8 +407,7 @@ def _failure(index: int, prompt: str, prediction_id: str | None, status: Any, me
 
 def _summary(failures: Sequence[Mapping[str, Any]], total: int) -> str:
     lines = [
-        f"#{f['index']} {safe_text(f['prompt'][:60])!r} ({f['status']}, prediction {f['prediction_id']}): "
-        f"{f['message']}"
+        f"#{f['index']} {quote_prompt(f['prompt'])} ({f['status']}, prediction {f['prediction_id']}): {f['message']}"
         for f in failures[:FAILURES_LISTED]
     ]
     more = f"\n... and {len(failures) - FAILURES_LISTED} more" if len(failures) > FAILURES_LISTED else ""
@@ -334,3 +415,14 @@ def _summary(failures: Sequence[Mapping[str, Any]], total: int) -> str:
         f"{len(failures)} of {total} prompts failed (the others' images are in XCom 'return_value'; "
         f"every failure is in XCom '{XCOM_FAILURES}'):\n" + "\n".join(lines) + more
     )
+
+
+def quote_prompt(prompt: object, limit: int = PROMPT_QUOTED) -> str:
+    """
+    A prompt as a warning or an error message quotes it: whole, in quotes, its control characters escaped; only a
+    prompt longer than ``limit`` characters is cut there, and the quote says so.
+    """
+    text = str(prompt)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r} (cut at {limit} characters)"

@@ -143,6 +143,32 @@ class ProvenanceFormatError(CometFluxError, ValueError):
     """A sidecar or manifest that is not in a format this version of the provider can read."""
 
 
+class RecordNotFoundError(CometFluxError, FileNotFoundError):
+    """A stored image without a record (sidecar) beside it, or a name that is not a stored image's."""
+
+
+class OutputStorageError(CometFluxError):
+    """
+    A prediction succeeded but its images could not be stored in ``output_path``. It is retried: on Airflow 3.3+
+    a retry reattaches to the same prediction (through the task state store) and copies its images again.
+
+    :param message: what failed and how to recover.
+    :param prediction_id: the prediction whose images were not stored.
+    """
+
+    def __init__(self, message: str, *, prediction_id: str | None = None) -> None:
+        self.message = message
+        self.prediction_id = prediction_id
+        super().__init__(message)
+
+    def __reduce__(self):  # keep the prediction id through pickling
+        return (_rebuild_storage_error, (type(self), self.message, self.prediction_id))
+
+
+def _rebuild_storage_error(cls: type[OutputStorageError], message: str, prediction_id: str | None):
+    return cls(message, prediction_id=prediction_id)
+
+
 class BodyTooLargeError(CometFluxError):
     """An answer longer than the limit its reader was given (the transport turns it into a :class:`CometAPIError`)."""
 

@@ -3,8 +3,10 @@
 A sidecar, ``<output_path>/<prediction_id>.json``, says what made the images beside it: the prediction id, model,
 version, the input (inline images only as their size and sha256), status, times, metrics, and per image its URI,
 sha256, size and content type. A batch task run also writes ``manifest.jsonl``: one line per prompt, in prompt
-order, failed prompts with their error. Both carry ``"format": SIDECAR_FORMAT``; the readers
-(:func:`load_sidecar`, :func:`load_manifest`) give typed records back and refuse a format they do not know.
+order, failed prompts with their error (and the model, input and times known of them); a mapped task (batch or
+prediction) writes ``manifest-<map index>.jsonl`` instead. Both carry ``"format": SIDECAR_FORMAT``; the readers
+(:func:`load_sidecar`, :func:`load_record` from an image, :func:`load_manifest`, :func:`load_manifests` for every
+manifest of a folder) give typed records back and refuse a format they do not know.
 
 Both files are written whole or not at all, by storage's writer (:func:`~airflow_provider_cometflux.storage.
 write_whole`: a temporary name beside the target, then a rename), so a reader that lists the folder never sees a
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from airflow_provider_cometflux.contract import (
+    CONTENT_TYPES,
     KNOWN_FORMATS,
     MANIFEST_FIELDS,
     MANIFEST_NAME,
@@ -27,9 +30,10 @@ from airflow_provider_cometflux.contract import (
     SIDECAR_FORMAT,
     SIDECAR_PREDICTION_FIELDS,
     SUCCEEDED,
+    parse_stored_image_name,
     sidecar_name,
 )
-from airflow_provider_cometflux.exceptions import ProvenanceFormatError
+from airflow_provider_cometflux.exceptions import ProvenanceFormatError, RecordNotFoundError
 from airflow_provider_cometflux.models import check_prediction_id, public_input
 from airflow_provider_cometflux.storage import as_storage_path, write_whole
 
@@ -45,7 +49,10 @@ __all__ = [  # the format names are the contract's; importable from here as they
     "ManifestRecord",
     "PredictionRecord",
     "ProvenanceFormatError",
+    "RecordNotFoundError",
     "load_manifest",
+    "load_manifests",
+    "load_record",
     "load_sidecar",
     "manifest_row",
     "sidecar_record",
@@ -245,7 +252,7 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
     metrics = prediction.get("metrics")
     record["metrics"] = dict(metrics) if isinstance(metrics, Mapping) else {}
     raw_input = prediction.get("input")
-    record["input"] = _redact(_scrub(public_input(raw_input))) if isinstance(raw_input, Mapping) else {}
+    record["input"] = _record_input(raw_input) if isinstance(raw_input, Mapping) else {}
     record["images"] = [
         dict(
             zip(
@@ -288,6 +295,7 @@ def manifest_row(
     record: Mapping[str, Any] | None,
     failure: Mapping[str, Any] | None,
     sidecar_uri: str | None,
+    details: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """
     One manifest line: one prompt of a batch.
@@ -300,6 +308,8 @@ def manifest_row(
     :param failure: the prompt's entry of XCom ``failures`` (``index, prompt, prediction_id, status, message``),
         when it failed.
     :param sidecar_uri: the URI of the prompt's sidecar, when one was written.
+    :param details: for a failed prompt, what is known of it: ``model``, ``input`` (as sent; recorded as a sidecar
+        records it), ``created_at``, ``completed_at``.
     :return: ``{"format", "index", "prompt", "status", "prediction_id", "model", "error", "sidecar", "images",
         "input", "created_at", "completed_at", "metrics"}``.
     """
@@ -320,16 +330,18 @@ def manifest_row(
         )
         return row
     failure = failure or {}
+    details = details or {}
+    raw_input = details.get("input")
     row.update(
         status=str(failure.get("status") or "error"),
         prediction_id=failure.get("prediction_id"),
-        model=None if record is None else record.get("model"),
+        model=details.get("model") or (None if record is None else record.get("model")),
         error=str(failure.get("message") or "no result was recorded for this prompt"),
         sidecar=None,
         images=[],
-        input={},
-        created_at=None,
-        completed_at=None,
+        input=_record_input(raw_input) if isinstance(raw_input, Mapping) else {},
+        created_at=details.get("created_at"),
+        completed_at=details.get("completed_at"),
         metrics={},
     )
     return row
@@ -404,6 +416,66 @@ def _parse_manifest(lines: Iterable[str], where: str) -> Iterable[ManifestRecord
             yield ManifestRecord.from_dict(data)
         except ProvenanceFormatError as exc:
             raise ProvenanceFormatError(f"{where}, line {number}: {exc}") from None
+
+
+def load_record(image: str | ObjectStoragePath) -> PredictionRecord:
+    """
+    The record of a stored image: the sidecar written beside it (``<prediction id>.json`` in the same folder).
+
+    :param image: a stored image's URI, local path or ObjectStoragePath (``<prediction id>-<index>.<ext>``), as
+        XCom ``return_value`` or ``images`` and the manifests give it.
+    :raises RecordNotFoundError: when the name is not a stored image's, or no sidecar is beside it.
+    :raises ProvenanceFormatError: for a sidecar of a format this provider does not read.
+    """
+    path = as_storage_path(image)
+    parsed = parse_stored_image_name(path.name)
+    if parsed is None:
+        raise RecordNotFoundError(
+            f"{image}: not an image this provider stored (expected <prediction id>-<index>.<ext>, with ext one of "
+            f"{', '.join(CONTENT_TYPES)}), so it has no record"
+        )
+    sidecar = path.parent / sidecar_name(parsed[0])
+    if not sidecar.exists():
+        raise RecordNotFoundError(
+            f"{image}: no record beside it ({sidecar} does not exist). Sidecars are written after the images: "
+            "the task may have failed between the two, or the sidecar was moved or deleted"
+        )
+    return load_sidecar(sidecar)
+
+
+def load_manifests(folder: str | ObjectStoragePath) -> list[ManifestRecord]:
+    """
+    Every manifest line of a folder: ``manifest.jsonl`` (a batch) and every ``manifest-<map index>.jsonl`` (a
+    mapped batch or a mapped prediction task), in map index order.
+
+    :param folder: a run's ``output_path``.
+    :return: every line of every manifest, an empty list when there is none.
+    :raises ProvenanceFormatError: for a line that is not JSON or not in a known format.
+    """
+    base = as_storage_path(folder)
+    if not base.exists():
+        return []
+    found: list[tuple[int, ObjectStoragePath]] = []
+    for entry in base.iterdir():
+        order = _manifest_order(entry.name)
+        if order is not None:
+            found.append((order, entry))
+    return [row for _, path in sorted(found, key=lambda item: item[0]) for row in load_manifest(path)]
+
+
+def _manifest_order(name: str) -> int | None:
+    """:return: ``-1`` for :data:`MANIFEST_NAME`, the map index of ``manifest-<n>.jsonl``, else ``None``."""
+    if name == MANIFEST_NAME:
+        return -1
+    stem, dot, ext = name.partition(".")
+    if dot and ext == "jsonl" and stem.startswith("manifest-") and stem[len("manifest-") :].isdigit():
+        return int(stem[len("manifest-") :])
+    return None
+
+
+def _record_input(raw_input: Mapping[str, Any]) -> dict[str, Any]:
+    """The input as records keep it: inline images as size and sha256, secrets as ``***``."""
+    return _redact(_scrub(public_input(raw_input)))
 
 
 def _check_format(data: Mapping[str, Any], what: str) -> str:

@@ -162,6 +162,34 @@ def write_whole(folder: str | ObjectStoragePath, name: str, text: str) -> str:
     return str(target)
 
 
+#: The prefix of the hidden file :func:`check_writable` writes and removes.
+PROBE_PREFIX = ".cometflux-probe-"
+
+
+def check_writable(output_path: str | ObjectStoragePath) -> None:
+    """
+    Make sure images can be stored in ``output_path`` before anything is paid for: create the folder, then write
+    and remove a small hidden file (``.cometflux-probe-<random>``) through ``ObjectStoragePath``.
+
+    :param output_path: the task's ``output_path``.
+    :raises CometFluxInputError: naming the folder and the reason, when it cannot be created or written to.
+    """
+    try:
+        folder = as_storage_path(output_path)
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except CometFluxInputError:
+        raise
+    except Exception as exc:  # any store's refusal (PermissionError, a missing bucket, an unknown protocol...)
+        raise CometFluxInputError(
+            f"output_path: {safe_text(str(output_path), limit=300)!r} cannot be written to "
+            f"({type(exc).__name__}: {safe_text(exc, limit=300)}). Nothing was created or paid for; give a folder "
+            "the worker can write to (its permissions, the bucket and the connection's credentials)."
+        ) from None
+
+
 def _download(hook: CometAPIHook, output: _Output, max_bytes: int, timeout: float) -> StoredImage:
     folder, stem, pid = output.folder, output.stem, output.prediction_id
     partial = _PartialFile(folder, stem)

@@ -103,17 +103,29 @@ class CometFluxBaseOperator(BaseOperator):
         """The task's result from every prediction's event, after a wait in the worker."""
         raise NotImplementedError
 
+    def stores_images(self) -> bool:
+        """Whether this run copies images to ``output_path`` (checked writable before any create)."""
+        return self.output_path is not None and self.output_path != ""
+
     # -- the sequence -----------------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         return self.wait(context, self.start(context))
 
     def start(self, context: Context) -> PredictionJob:
-        """Check the inputs, resume or create the predictions (saving their ids), and record them."""
+        """
+        Check the inputs and that ``output_path`` can be written to (nothing is paid for before a failure that can
+        be foreseen), resume or create the predictions (saving their ids), and record them.
+        """
+        payloads = self.payloads()
+        if self.stores_images():
+            from airflow_provider_cometflux.storage import check_writable
+
+            check_writable(self.output_path)  # type: ignore[arg-type]
         job = self._job = PredictionJob(
             self.engine.hook,
             self.model,
-            self.payloads(),
+            payloads,
             self.state_key,
             poll_interval=self.poll_interval,
             end_time=time.time() + self.timeout,

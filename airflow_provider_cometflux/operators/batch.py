@@ -219,6 +219,7 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
             hook=self.engine.hook,
             outputs=self.engine.outputs(self.output_path, self.input),
             fail_on_error=self.fail_on_error,
+            model=self.model,
         )
 
 

@@ -134,6 +134,10 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         validate_input(self.model, payload)
         return [payload]
 
+    def stores_images(self) -> bool:
+        """Only a task that waits for its prediction copies images (without, ``output_path`` is unused)."""
+        return self.wait_for_completion and super().stores_images()
+
     def execute(self, context: Context) -> list[str]:
         job = self.start(context)
         if self.wait_for_completion:
@@ -173,4 +177,11 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         if isinstance(event, dict) and event.get("prediction_id"):
             self.engine.prediction_ids = [str(event["prediction_id"])]
         outputs = self.engine.outputs(self.output_path, self.input)
-        return complete_one(context, event, hook=self.engine.hook, outputs=outputs, request_input=self._request_input())
+        return complete_one(
+            context,
+            event,
+            hook=self.engine.hook,
+            outputs=outputs,
+            request_input=self._request_input(),
+            model=self.model,
+        )
