@@ -60,7 +60,13 @@ def test_a_writable_folder_passes_and_keeps_no_probe(tmp_path):
 
 
 def test_a_memory_folder_passes():
+    from airflow.sdk.io.store import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem()
+    attach("memory", fs=fs)
     storage.check_writable("memory://cometflux-check/run")
+    assert not [name for name in fs.find("/cometflux-check") if storage.PROBE_PREFIX in name]
 
 
 @pytest.mark.parametrize("make", [operator, batch])
