@@ -66,7 +66,8 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
     :param timeout: seconds the whole batch may take, from the start of the task; at the deadline the predictions
         still running are cancelled (best effort) and their prompts fail with status ``timeout``.
     :param output_path: a folder URI or ``ObjectStoragePath`` to copy every image into, as
-        ``<output_path>/<prediction_id>-<index>.<ext>`` (templated).
+        ``<output_path>/<prediction_id>-<index>.<ext>`` (templated). It is checked writable before any create: a
+        folder that is not fails the task without retries, before anything is paid for.
     :param fail_on_error: fail the task (after pushing every result) when a prompt failed.
     :param defer_after: with ``deferrable=True``, first watch in the worker for up to this many seconds after the
         creates, so a small batch of a fast model finishes without the round trip through the triggerer. ``0``

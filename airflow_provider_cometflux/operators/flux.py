@@ -54,7 +54,9 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         at the deadline the prediction is cancelled (best effort) and the task fails.
     :param output_path: a folder URI or ``ObjectStoragePath`` (``file://``, ``s3://``, ...) to copy the images
         into, as ``<output_path>/<prediction_id>-<index>.<ext>``, with a provenance sidecar
-        ``<output_path>/<prediction_id>.json`` (templated).
+        ``<output_path>/<prediction_id>.json`` (templated); a mapped task also writes
+        ``manifest-<map_index>.jsonl``. It is checked writable before the create: a folder that is not fails the
+        task without retries, before anything is paid for.
     :param prefer_wait: if set (1..60), ask the service to hold the create's answer up to that many seconds
         (``Prefer: wait``) so that a fast model may finish without any polling; harmless if ignored.
     :param defer_after: with ``deferrable=True``, first poll in the worker for up to this many seconds and defer
