@@ -156,6 +156,12 @@ def test_batch_example_maps_prompts_into_one_folder(dags_test, cometapi_simulato
     (folder,) = (tmp_path / "images" / "batch").iterdir()  # one dated folder
     assert len(list(folder.glob("*.png"))) == 3
     assert cometapi_simulator.stats["creates"] == 3
+    from airflow_provider_cometflux.provenance import load_manifests, load_record
+
+    rows = load_manifests(folder)  # manifest-0.jsonl .. manifest-2.jsonl, one line each
+    assert sorted(path.name for path in folder.glob("manifest*")) == [f"manifest-{i}.jsonl" for i in range(3)]
+    assert [(row.index, row.status) for row in rows] == [(i, "succeeded") for i in range(3)]
+    assert [load_record(row.images[0].uri).input["prompt"] for row in rows] == [row.prompt for row in rows]
 
 
 def test_asset_example_records_an_asset_event_with_the_images(dags_test, tmp_path):
