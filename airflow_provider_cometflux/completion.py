@@ -60,6 +60,8 @@ __all__ = [  # the XCom keys are the contract's; importable from here as they al
 FAILURES_LISTED = 10
 #: The most characters of a prompt a warning or an error message quotes (the whole prompt is in XCom).
 PROMPT_QUOTED = 200
+#: The status of a prompt whose prediction succeeded but whose images could not be stored.
+NOT_STORED = "not_stored"
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,7 @@ def complete_one(
         if mapped:
             pid = event.get("prediction_id") if isinstance(event, dict) else None
             status = event.get("status") if isinstance(event, dict) else None
+            status = NOT_STORED if isinstance(exc, OutputStorageError) else status
             failure = _failure(map_index, prompt, pid, status, exc.message)
             details = {map_index: _failure_details(event, request_input, model)}
             _try_write_manifest(outputs, [(map_index, prompt)], {}, {map_index: failure}, details, map_index)
@@ -284,7 +287,8 @@ def complete_batch(
             finished[index] = finish_prediction(hook, events[index], outputs, payloads[index])
         except (CometAPIError, OutputStorageError) as exc:
             event = events[index] if isinstance(events[index], dict) else {}
-            failures[index] = _failure(index, prompts[index], prediction_ids[index], event.get("status"), exc.message)
+            status = NOT_STORED if isinstance(exc, OutputStorageError) else event.get("status")
+            failures[index] = _failure(index, prompts[index], prediction_ids[index], status, exc.message)
 
     for index, message in create_errors.items():
         failures[index] = _failure(index, prompts[index], None, "not_created", message)
@@ -313,7 +317,12 @@ def complete_batch(
         ti.xcom_push(key=XCOM_IMAGES, value=[finished[i].images if i in finished else [] for i in range(len(prompts))])
         details = {i: _failure_details(events[i], payloads[i], model) for i in failures}
         name = manifest_name(getattr(ti, "map_index", -1))
-        _write_manifest(outputs, list(enumerate(prompts)), finished, failures, details, name)
+        try:
+            _write_manifest(outputs, list(enumerate(prompts)), finished, failures, details, name)
+        except Exception as exc:
+            if not failures:
+                raise
+            log.warning("Could not write %s: %s", name, safe_text(exc, limit=300))  # the failures are raised below
         flat = [uri for uris in results for uri in uris]
         ids = [finished[i].prediction_id for i in sorted(finished)]
         describe_outlets(context, {"images": flat, "prediction_ids": ids})

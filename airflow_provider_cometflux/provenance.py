@@ -173,7 +173,8 @@ class ManifestRecord:
     :param format: the format version (:data:`SIDECAR_FORMAT`).
     :param index: the prompt's position in the batch.
     :param prompt: the prompt.
-    :param status: ``succeeded``, or why it has no images (``failed``, ``canceled``, ``timeout``, ``not_created``...).
+    :param status: ``succeeded``, or why it has no images (``failed``, ``canceled``, ``timeout``, ``not_created``,
+        ``not_stored``...).
     :param prediction_id: its prediction, or ``None`` when none was created.
     :param model: ``owner/name`` of the model, when the prompt succeeded.
     :param error: the failure's message, for a failed prompt.

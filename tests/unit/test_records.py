@@ -105,6 +105,20 @@ def test_a_storage_failure_after_a_success_names_the_prediction_and_the_way_back
     assert again.prediction_id == pid and str(again) == message
 
 
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_a_batchs_storage_failure_is_a_failed_prompt_naming_its_prediction(cometapi_connection, tmp_path, monkeypatch):
+    from airflow_provider_cometflux.completion import XCOM_FAILURES
+
+    monkeypatch.setattr(storage, "check_writable", lambda folder: None)
+    ctx = context()
+    with pytest.raises(CometFluxBatchFailedError, match="about an hour"):
+        batch(prompts=["a"], output_path=unwritable(tmp_path)).execute(ctx)
+    (failure,) = ctx["ti"].xcoms[XCOM_FAILURES]
+    assert (
+        failure["status"] == "not_stored" and f"Prediction {failure['prediction_id']} succeeded" in failure["message"]
+    )
+
+
 # -- 2. records reachable from the images -----------------------------------------------------------------------
 
 
