@@ -478,7 +478,9 @@ def problems(model: str, model_input: Mapping[str, Any]) -> list[Problem]:
             found.append(Problem(needs.field, NEEDS, needs.value, needs))
     for limit in schema.limits:
         value = model_input.get(limit.field)
-        if limit.when in model_input and json_type(value) in ("integer", "number") and value > limit.maximum:
+        if limit.when not in model_input or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value > limit.maximum:
             found.append(Problem(limit.field, LIMIT, value, limit))
     return found
 
