@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -250,16 +250,23 @@ def build_input(prompt: str | None, input: Mapping[str, Any] | None) -> dict[str
     return merged
 
 
-def validate_input(model: str, input: Mapping[str, Any]) -> None:
+def validate_input(model: str, input: Mapping[str, Any], *, unchecked: Collection[str] = ()) -> None:
     """
     Validate model inputs before any request is made.
 
     Every model needs a non-empty string ``prompt``. For the FLUX models in :data:`~airflow_provider_cometflux.schema.
     MODELS`, whatever their schema refuses fails (:func:`~airflow_provider_cometflux.schema.problems`: types,
-    enumerations, ranges, images, array limits, cross-field rules), and unknown keys are logged as a warning.
+    enumerations, ranges, images, array limits, cross-field rules), and unknown keys are logged as a warning, as
+    are inputs the service ignores (``resolution`` with a ``custom`` aspect ratio).
+
+    The schema is Replicate's as last checked (:attr:`~airflow_provider_cometflux.schema.ModelSchema.checked`) and
+    the service may have changed since: a refusal of an input named in ``unchecked`` is logged as a warning naming
+    what is overridden, and the input is sent as it is.
 
     :param model: the model id (already checked with :func:`split_model`).
     :param input: the merged model inputs.
+    :param unchecked: the inputs whose schema rules are overridden (the operators' ``unchecked_inputs``); a rule
+        about an array's item or a cross-field rule is overridden by the name of the input it is reported on.
     :raises CometFluxInputError: naming the field, the bad value and what is allowed.
     """
     prompt = input.get("prompt")
@@ -276,7 +283,20 @@ def validate_input(model: str, input: Mapping[str, Any]) -> None:
                 model,
                 ", ".join(sorted(model_schema.inputs)),
             )
-    found = schema.problems(model, input)
+    for note in schema.ignored(model, input):
+        log.warning("%s by %s; it is sent anyway.", note, model)
+    found = []
+    for problem in schema.problems(model, input):
+        if problem.field.partition(".")[0] in unchecked:
+            log.warning(
+                "%s; sent anyway: unchecked_inputs overrides the rule of %s last checked on %s (%s).",
+                input_problem_message(problem, model_schema),
+                model,
+                model_schema.checked,
+                model_schema.source,
+            )
+        else:
+            found.append(problem)
     if found:
         raise CometFluxInputError(input_problem_message(found[0], model_schema))
 
@@ -291,6 +311,8 @@ def input_problem_message(problem: schema.Problem, model_schema: schema.ModelSch
     if isinstance(rule, schema.Needs):
         needed = " and ".join(f"input.{name} ({model_schema.inputs[name].describe()})" for name in rule.needs)
         return f"{problem.where}: {problem.value!r} needs {needed}; give them, or another {problem.field}."
+    if isinstance(rule, schema.Limit):
+        return f"{problem.where}: {problem.value!r} is out of range; expected {rule.describe()}."
     if rule is None:
         return f"{problem.where}: missing; it is required."
     verdict = "is out of range" if problem.kind in (schema.MINIMUM, schema.MAXIMUM) else "is not allowed"

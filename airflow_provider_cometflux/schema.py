@@ -31,6 +31,7 @@ MAXIMUM = "maximum"
 FORMAT = "format"
 MAX_ITEMS = "max_items"
 NEEDS = "needs"
+LIMIT = "limit"
 
 #: The one value of :attr:`Input.format`: an http(s) URL or a ``data:`` URI (an image sent inline).
 URI = "uri"
@@ -56,6 +57,7 @@ class Input:
     :param format: :data:`URI` for an image: an http(s) URL or a ``data:`` URI.
     :param items: the rule for each item of an ``array``.
     :param max_items: the most items an ``array`` may have.
+    :param step: the service rounds the number to a multiple of it (documentation: never refused).
     """
 
     type: str
@@ -65,6 +67,7 @@ class Input:
     format: str | None = None
     items: Input | None = None
     max_items: int | None = None
+    step: int | None = None
 
     def describe(self) -> str:
         """:return: what is allowed, in words (``one of '1:1', '16:9'``, ``an integer from 1 to 4``, ...)."""
@@ -84,6 +87,8 @@ class Input:
             text += f" of at least {self.minimum:g}"
         elif self.maximum is not None:
             text += f" of at most {self.maximum:g}"
+        if self.step is not None:
+            text += f" (rounded to a multiple of {self.step})"
         return text
 
 
@@ -103,6 +108,40 @@ class Needs:
 
 
 @dataclass(frozen=True)
+class Limit:
+    """
+    A cross-field rule: when input ``when`` is given, input ``field`` may be at most ``maximum``.
+
+    :param field: the limited input.
+    :param maximum: its largest allowed value then.
+    :param when: the input whose presence lowers the limit.
+    """
+
+    field: str
+    maximum: float
+    when: str
+
+    def describe(self) -> str:
+        """:return: what is allowed, in words."""
+        return f"at most {self.maximum:g} when input.{self.when} is given"
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """
+    A documented quirk, not a refusal: when input ``when`` is ``value``, the service ignores input ``field``.
+
+    :param field: the input the service ignores.
+    :param when: the input whose value makes it ignored.
+    :param value: that value.
+    """
+
+    field: str
+    when: str
+    value: Any
+
+
+@dataclass(frozen=True)
 class ModelSchema:
     """
     One model's inputs and what it answers.
@@ -115,6 +154,10 @@ class ModelSchema:
     :param needs: the cross-field rules.
     :param default_output_format: the ``output_format`` used when none is given.
     :param output: the output's shape, :data:`OUTPUT_URI` or :data:`OUTPUT_URI_LIST`.
+    :param limits: cross-field limits (:class:`Limit`).
+    :param ignored: inputs the service ignores in some cases (:class:`Ignored`): logged, never refused.
+    :param served_by_cometapi: whether CometAPI lists the model; a model it does not list (known from Replicate)
+        is still validated and sent.
     """
 
     inputs: Mapping[str, Input]
@@ -125,6 +168,9 @@ class ModelSchema:
     needs: tuple[Needs, ...] = ()
     default_output_format: str = "webp"
     output: str = OUTPUT_URI
+    limits: tuple[Limit, ...] = ()
+    ignored: tuple[Ignored, ...] = ()
+    served_by_cometapi: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,16 +180,16 @@ class Problem:
 
     :param field: the input's name (``num_outputs``; ``input_images.2`` for an array's third item).
     :param kind: :data:`REQUIRED`, :data:`TYPE`, :data:`ENUM`, :data:`MINIMUM`, :data:`MAXIMUM`, :data:`FORMAT`,
-        :data:`MAX_ITEMS` or :data:`NEEDS`.
+        :data:`MAX_ITEMS`, :data:`NEEDS` or :data:`LIMIT`.
     :param value: the refused value (``None`` for a missing input).
-    :param rule: the input's rule (:class:`Input`), or the cross-field rule (:class:`Needs`); ``None`` for
-        :data:`REQUIRED`.
+    :param rule: the input's rule (:class:`Input`), or the cross-field rule (:class:`Needs`, :class:`Limit`);
+        ``None`` for :data:`REQUIRED`.
     """
 
     field: str
     kind: str
     value: Any = None
-    rule: Input | Needs | None = None
+    rule: Input | Needs | Limit | None = None
 
     @property
     def where(self) -> str:
@@ -158,6 +204,8 @@ _INTEGER = Input("integer")
 _BOOLEAN = Input("boolean")
 _IMAGE = Input("string", format=URI)
 _QUALITY = Input("integer", minimum=0, maximum=100)
+_SIDE_1440 = Input("integer", minimum=256, maximum=1440, step=32)
+_SIDE_2048 = Input("integer", minimum=256, maximum=2048, step=16)
 _ALL_FORMATS = Input("string", enum=("webp", "jpg", "png"))
 _JPG_PNG = Input("string", enum=("jpg", "png"))
 # aspect_ratio enumerations in the order Replicate lists them (its 422 message quotes them in this order)
@@ -188,8 +236,8 @@ _DEV = {
 _PRO_11 = {
     "prompt": _STRING,
     "aspect_ratio": Input("string", enum=_PRO_RATIOS),
-    "width": Input("integer", minimum=256, maximum=1440),
-    "height": Input("integer", minimum=256, maximum=1440),
+    "width": _SIDE_1440,
+    "height": _SIDE_1440,
     "image_prompt": _IMAGE,
     "safety_tolerance": Input("integer", minimum=1, maximum=6),
     "seed": _INTEGER,
@@ -206,16 +254,151 @@ _KONTEXT = {
     "seed": _INTEGER,
     "prompt_upsampling": _BOOLEAN,
 }
+_FLUX2_RATIOS = ("match_input_image", "custom", "1:1", "16:9", "3:2", "2:3", "4:5", "5:4", "9:16", "3:4", "4:3")
+_ULTRA_RATIOS = ("21:9", "16:9", "3:2", "4:3", "5:4", "1:1", "4:5", "3:4", "2:3", "9:16", "9:21")
+_RESOLUTIONS = ("match_input_image", "0.5 MP", "1 MP", "2 MP", "4 MP")
+
+
+def _images(most: int) -> Input:
+    """FLUX.2's ``input_images``: a list of image URLs (the limit is in Replicate's description, not its schema)."""
+    return Input("array", items=_IMAGE, max_items=most)
+
+
+_FLUX2_PRO = {
+    "prompt": _STRING,
+    "input_images": _images(8),
+    "aspect_ratio": Input("string", enum=_FLUX2_RATIOS),
+    "resolution": Input("string", enum=_RESOLUTIONS),
+    "width": _SIDE_2048,
+    "height": _SIDE_2048,
+    "safety_tolerance": Input("integer", minimum=1, maximum=5),
+    "seed": _INTEGER,
+    "output_format": _ALL_FORMATS,
+    "output_quality": _QUALITY,
+}
+_FLUX2_FLEX = {
+    **_FLUX2_PRO,
+    "input_images": _images(10),
+    "prompt_upsampling": _BOOLEAN,
+    "steps": Input("integer", minimum=1, maximum=50),
+    "guidance": Input("number", minimum=1.5, maximum=10),
+}
+_FLUX2_DEV = {
+    "prompt": _STRING,
+    "input_images": _images(4),
+    "go_fast": _BOOLEAN,
+    "aspect_ratio": Input("string", enum=_FLUX2_RATIOS),
+    "width": _SIDE_1440,
+    "height": _SIDE_1440,
+    "seed": _INTEGER,
+    "output_format": _ALL_FORMATS,
+    "output_quality": _QUALITY,
+    "disable_safety_checker": _BOOLEAN,
+}
+_PRO = {
+    "prompt": _STRING,
+    "image_prompt": _IMAGE,
+    "aspect_ratio": Input("string", enum=_PRO_RATIOS),
+    "width": _SIDE_1440,
+    "height": _SIDE_1440,
+    "steps": Input("integer", minimum=1, maximum=50),
+    "guidance": Input("number", minimum=2, maximum=5),
+    "interval": Input("number", minimum=1, maximum=4),
+    "safety_tolerance": Input("integer", minimum=1, maximum=6),
+    "seed": _INTEGER,
+    "prompt_upsampling": _BOOLEAN,
+    "output_format": _ALL_FORMATS,
+    "output_quality": _QUALITY,
+}
+_ULTRA = {
+    "prompt": _STRING,
+    "aspect_ratio": Input("string", enum=_ULTRA_RATIOS),
+    "raw": _BOOLEAN,
+    "image_prompt": _IMAGE,
+    "image_prompt_strength": Input("number", minimum=0, maximum=1),
+    "safety_tolerance": Input("integer", minimum=1, maximum=6),
+    "seed": _INTEGER,
+    "output_format": _JPG_PNG,
+}
 _CUSTOM_SIZE = Needs("aspect_ratio", "custom", ("width", "height"))
+_KONTEXT_SAFETY = Limit("safety_tolerance", 2, when="input_image")
+_RESOLUTION_WITH_CUSTOM = Ignored("resolution", when="aspect_ratio", value="custom")
+_FLUX2_SOURCE = "(RENKU 2026-03-28, NODETOOL a9e5eef, R-API, GETAIAPI, MIRROR)"
 
 #: The known FLUX models; any other model id is passed through unchecked (but for its prompt).
 MODELS: dict[str, ModelSchema] = {
+    "black-forest-labs/flux-2-pro": ModelSchema(
+        _FLUX2_PRO,
+        example={
+            "prompt": "a lighthouse",
+            "input_images": ["https://example.com/a.png"] * 8,
+            "aspect_ratio": "16:9",
+            "resolution": "2 MP",
+        },
+        checked="2026-04-23",
+        source="version ccb5e331 " + _FLUX2_SOURCE,
+        needs=(_CUSTOM_SIZE,),
+        ignored=(_RESOLUTION_WITH_CUSTOM,),
+    ),
+    "black-forest-labs/flux-2-flex": ModelSchema(
+        _FLUX2_FLEX,
+        example={
+            "prompt": "a lighthouse",
+            "input_images": ["https://example.com/a.png"] * 10,
+            "steps": 50,
+            "guidance": 1.5,
+            "prompt_upsampling": False,
+        },
+        checked="2026-04-23",
+        source="version 51d0412f " + _FLUX2_SOURCE,
+        needs=(_CUSTOM_SIZE,),
+        ignored=(_RESOLUTION_WITH_CUSTOM,),
+    ),
+    "black-forest-labs/flux-2-dev": ModelSchema(
+        _FLUX2_DEV,
+        example={"prompt": "a lighthouse", "aspect_ratio": "custom", "width": 1440, "height": 256, "go_fast": False},
+        checked="2026-03-06",
+        source="version 7bba46bd (R-API, GETAIAPI, MIRROR)",
+        needs=(_CUSTOM_SIZE,),
+    ),
+    "black-forest-labs/flux-2-max": ModelSchema(
+        _FLUX2_PRO,
+        example={"prompt": "a lighthouse", "aspect_ratio": "custom", "width": 2048, "height": 256},
+        checked="2026-04-23",
+        source="version 9c23b0aa (R-API, RENKU 2026-03-28, NODETOOL); on Replicate, not in CometAPI's list",
+        needs=(_CUSTOM_SIZE,),
+        ignored=(_RESOLUTION_WITH_CUSTOM,),
+        served_by_cometapi=False,
+    ),
+    "black-forest-labs/flux-kontext-max": ModelSchema(
+        _KONTEXT,
+        example={"prompt": "make it night", "input_image": "data:image/png;base64,iVBORw0K", "aspect_ratio": "1:2"},
+        checked="2026-03-06",
+        source="version 8389ed8e (GETAIAPI); the 14 ratios from KONTEXT-ZOD and KKIAI (secondary)",
+        default_output_format="png",
+        limits=(_KONTEXT_SAFETY,),
+    ),
+    "black-forest-labs/flux-kontext-pro": ModelSchema(
+        _KONTEXT,
+        example={"prompt": "make it night", "input_image": "https://example.com/a.png", "aspect_ratio": "2:1"},
+        checked="2026-04-23",
+        source="version 897a70f5 (RENKU, NODETOOL, GETAIAPI)",
+        default_output_format="png",
+        limits=(_KONTEXT_SAFETY,),
+    ),
     "black-forest-labs/flux-schnell": ModelSchema(
         _SCHNELL,
         example={"prompt": "a lighthouse", "aspect_ratio": "21:9", "num_outputs": 4, "megapixels": "0.25"},
         checked="2026-04-23",
         source="version c846a699 (NODETOOL, GETAIAPI, MIRROR)",
         output=OUTPUT_URI_LIST,
+    ),
+    "black-forest-labs/flux-pro": ModelSchema(
+        _PRO,
+        example={"prompt": "a lighthouse", "image_prompt": "https://example.com/a.png", "guidance": 5, "interval": 1},
+        checked="2026-04-23",
+        source="version ce4035b9 (NODETOOL, GETAIAPI; R-API 2b8181d8)",
+        needs=(_CUSTOM_SIZE,),
     ),
     "black-forest-labs/flux-dev": ModelSchema(
         _DEV,
@@ -224,26 +407,19 @@ MODELS: dict[str, ModelSchema] = {
         source="version 6e4a938f (NODETOOL, GETAIAPI, MIRROR)",
         output=OUTPUT_URI_LIST,
     ),
+    "black-forest-labs/flux-1.1-pro-ultra": ModelSchema(
+        _ULTRA,
+        example={"prompt": "a lighthouse", "aspect_ratio": "9:21", "raw": True, "image_prompt_strength": 0.5},
+        checked="2026-04-23",
+        source="version 5ea10f73 (NODETOOL, GETAIAPI, KKIAI)",
+        default_output_format="jpg",
+    ),
     "black-forest-labs/flux-1.1-pro": ModelSchema(
         _PRO_11,
         example={"prompt": "a lighthouse", "aspect_ratio": "custom", "width": 1440, "height": 256},
         checked="2026-03-06",
         source="version 609793a6 (GETAIAPI); enumeration and ranges from R-API 96ccd0e7",
         needs=(_CUSTOM_SIZE,),
-    ),
-    "black-forest-labs/flux-kontext-pro": ModelSchema(
-        _KONTEXT,
-        example={"prompt": "make it night", "input_image": "https://example.com/a.png", "aspect_ratio": "2:1"},
-        checked="2026-04-23",
-        source="version 897a70f5 (RENKU, NODETOOL, GETAIAPI)",
-        default_output_format="png",
-    ),
-    "black-forest-labs/flux-kontext-max": ModelSchema(
-        _KONTEXT,
-        example={"prompt": "make it night", "input_image": "data:image/png;base64,iVBORw0K", "aspect_ratio": "1:2"},
-        checked="2026-03-06",
-        source="version 8389ed8e (GETAIAPI); the 14 ratios from KONTEXT-ZOD and KKIAI (secondary)",
-        default_output_format="png",
     ),
 }
 
@@ -300,7 +476,29 @@ def problems(model: str, model_input: Mapping[str, Any]) -> list[Problem]:
     for needs in schema.needs:
         if model_input.get(needs.field) == needs.value and not all(name in model_input for name in needs.needs):
             found.append(Problem(needs.field, NEEDS, needs.value, needs))
+    for limit in schema.limits:
+        value = model_input.get(limit.field)
+        if limit.when not in model_input or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value > limit.maximum:
+            found.append(Problem(limit.field, LIMIT, value, limit))
     return found
+
+
+def ignored(model: str, model_input: Mapping[str, Any]) -> list[str]:
+    """
+    :param model: ``owner/name``.
+    :param model_input: the model inputs.
+    :return: the inputs the service will ignore (:attr:`ModelSchema.ignored`), each with why, in words.
+    """
+    schema = MODELS.get(model)
+    if schema is None:
+        return []
+    return [
+        f"input.{rule.field} is ignored when input.{rule.when} is {rule.value!r}"
+        for rule in schema.ignored
+        if rule.field in model_input and model_input.get(rule.when) == rule.value
+    ]
 
 
 def _check(name: str, rule: Input, value: Any) -> list[Problem]:
@@ -337,6 +535,7 @@ __all__ = [
     "ENUM",
     "FORMAT",
     "IMAGE_INPUTS",
+    "LIMIT",
     "LIST_OUTPUT_MODELS",
     "MAXIMUM",
     "MAX_ITEMS",
@@ -348,11 +547,14 @@ __all__ = [
     "REQUIRED",
     "TYPE",
     "URI",
+    "Ignored",
     "Input",
+    "Limit",
     "ModelSchema",
     "Needs",
     "Problem",
     "default_output_format",
+    "ignored",
     "json_type",
     "problems",
     "type_matches",

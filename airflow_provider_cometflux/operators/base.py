@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_cometflux._compat import BaseOperator
@@ -42,6 +42,9 @@ class CometFluxBaseOperator(BaseOperator):
     :param download_concurrency: predictions whose images are copied at once.
     :param creates_per_minute: the create pace.
     :param prefer_wait: if set (1..60), ``Prefer: wait`` seconds asked on each create.
+    :param unchecked_inputs: model inputs sent even when the provider's schema of the model refuses them (its
+        rules are Replicate's as last checked, and the service may have changed since): each override is logged
+        as a warning naming the input, the value and the rule overridden. The prompt is always checked.
     """
 
     #: The task state store key holding this kind of task's prediction ids across attempts (Airflow 3.3+).
@@ -64,9 +67,17 @@ class CometFluxBaseOperator(BaseOperator):
         download_concurrency: int = 8,
         creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE,
         prefer_wait: int | None = None,
+        unchecked_inputs: Sequence[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if isinstance(unchecked_inputs, str) or not all(isinstance(name, str) for name in unchecked_inputs):
+            from airflow_provider_cometflux.exceptions import CometFluxInputError
+
+            raise CometFluxInputError(
+                f"unchecked_inputs: {unchecked_inputs!r} is not allowed; expected a list of input names."
+            )
+        self.unchecked_inputs = list(unchecked_inputs)
         self.input = input
         self.model = model
         self.cometapi_conn_id = cometapi_conn_id

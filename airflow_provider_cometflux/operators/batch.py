@@ -75,6 +75,9 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
     :param download_concurrency: predictions whose images are copied to ``output_path`` at once.
     :param max_output_bytes: the largest image copied; a larger one fails its prompt, and nothing of it is kept.
     :param download_timeout: seconds the copy of one image may take.
+    :param unchecked_inputs: model inputs sent even when the provider's schema of the model refuses them, for when
+        the service changed after the schema was last checked: each override is logged as a warning naming the
+        input, the value and the rule overridden (the prompt is always checked).
     """
 
     template_fields: Sequence[str] = ("prompts", "input", "model", "output_path")
@@ -148,7 +151,7 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         for index, prompt in enumerate(self._prompt_list()):
             try:
                 payload = build_input(prompt, self.input)
-                validate_input(self.model, payload)
+                validate_input(self.model, payload, unchecked=self.unchecked_inputs)
             except CometFluxInputError as exc:
                 raise CometFluxInputError(f"prompts[{index}]: {exc}") from None
             payloads.append(payload)

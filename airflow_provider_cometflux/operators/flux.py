@@ -67,6 +67,9 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
     :param max_output_bytes: the largest image copied to ``output_path``; a larger one fails the task, and
         nothing of it is kept.
     :param download_timeout: seconds the copy of one image may take.
+    :param unchecked_inputs: model inputs sent even when the provider's schema of the model refuses them, for when
+        the service changed after the schema was last checked: each override is logged as a warning naming the
+        input, the value and the rule overridden (the prompt is always checked).
 
     On Airflow 3.3+ the prediction id is kept in the task's state store, so a retried attempt reattaches to a
     prediction that is still running or has succeeded instead of paying for a new one (one that failed is
@@ -133,7 +136,7 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
 
             model_input = inline_input_images(model_input, max_bytes=self.max_input_image_bytes)
         payload = build_input(self.prompt, model_input)
-        validate_input(self.model, payload)
+        validate_input(self.model, payload, unchecked=self.unchecked_inputs)
         return [payload]
 
     def stores_images(self) -> bool:

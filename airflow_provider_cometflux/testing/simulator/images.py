@@ -10,6 +10,7 @@ output index: the same prediction and index always give the same bytes.
 from __future__ import annotations
 
 import io
+import math
 import random
 import struct
 import textwrap
@@ -47,6 +48,11 @@ FLUX_SIZES: dict[str, tuple[int, int]] = {
     "1:2": (720, 1440),
 }
 
+#: FLUX.2's ``resolution`` choices, in megapixels (``1 MP`` and ``match_input_image`` keep the size above).
+FLUX2_RESOLUTIONS: dict[str, float] = {"0.5 MP": 0.5, "2 MP": 2.0, "4 MP": 4.0}
+#: FLUX.2's largest side ("Max image size 2048x2048").
+FLUX2_MAX_SIDE = 2048
+
 _JPEG_SEGMENT_MAX_PAYLOAD = 65533  # a segment's length field counts itself and is at most 65535
 
 
@@ -81,23 +87,32 @@ def flux_size(
     width: Any = None,
     height: Any = None,
     long_side: int | None = None,
+    resolution: Any = None,
+    step: int = 32,
 ) -> tuple[int, int]:
     """
     Return the ``(width, height)`` FLUX gives an image.
 
     :param aspect_ratio: ``input.aspect_ratio``; an unknown one, ``match_input_image`` or none means 1:1.
     :param megapixels: ``input.megapixels`` (``"1"`` or ``"0.25"``; anything else means 1).
-    :param width: ``input.width``, used with ``aspect_ratio="custom"`` (rounded to a multiple of 32, as FLUX
-        1.1 pro does).
+    :param width: ``input.width``, used with ``aspect_ratio="custom"`` (rounded to a multiple of ``step``, as
+        FLUX does).
     :param height: ``input.height``, likewise.
     :param long_side: if set, scale the result down so its longer side is at most this many pixels.
+    :param resolution: FLUX.2's ``input.resolution`` (``"0.5 MP"`` ... ``"4 MP"``): the area of the image, its
+        sides multiples of 16 and at most 2048; ignored with ``aspect_ratio="custom"``, as FLUX.2 ignores it.
+    :param step: the multiple ``width`` and ``height`` are rounded to (32, or 16 for FLUX.2 pro, flex and max).
     """
     if aspect_ratio == "custom" and isinstance(width, int) and isinstance(height, int):
-        w, h = (max(32, round(width / 32) * 32), max(32, round(height / 32) * 32))
+        w, h = (max(step, round(width / step) * step), max(step, round(height / step) * step))
     else:
         w, h = FLUX_SIZES.get(aspect_ratio if isinstance(aspect_ratio, str) else "1:1", FLUX_SIZES["1:1"])
         if str(megapixels) == "0.25":
             w, h = w // 2, h // 2
+        area = FLUX2_RESOLUTIONS.get(resolution) if isinstance(resolution, str) else None
+        if area is not None:
+            scale = min(math.sqrt(area), FLUX2_MAX_SIDE / max(w, h))
+            w, h = max(16, round(w * scale / 16) * 16), max(16, round(h * scale / 16) * 16)
     if long_side is not None and max(w, h) > long_side:
         scale = long_side / max(w, h)
         w, h = max(1, round(w * scale)), max(1, round(h * scale))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from airflow_provider_cometflux.schema import LIST_OUTPUT_MODELS, default_output_format
+from airflow_provider_cometflux.schema import LIST_OUTPUT_MODELS, MODELS, default_output_format
 from airflow_provider_cometflux.testing.simulator.faults import DIRECTIVE_RE, FaultRule, parse_fault_directives
 from airflow_provider_cometflux.testing.simulator.images import flux_size, normalise_format
 
@@ -195,6 +195,8 @@ def build_record(
         width=_int_or_none(model_input.get("width")),
         height=_int_or_none(model_input.get("height")),
         long_side=long_side,
+        resolution=model_input.get("resolution"),
+        step=_size_step(model),
     )
     seed = _int_or_none(model_input.get("seed"))
     steps = _int_or_none(model_input.get("num_inference_steps"))
@@ -221,6 +223,13 @@ def build_record(
         if isinstance(prompt, str)
         else [],
     )
+
+
+def _size_step(model: str) -> int:
+    """The multiple a model rounds a custom ``width`` to (the schema's ``step``; 32 for a model without one)."""
+    table = MODELS.get(model)
+    rule = table.inputs.get("width") if table is not None else None
+    return rule.step if rule is not None and rule.step is not None else 32
 
 
 def status_of(record: Record, now: float) -> tuple[str, float | None, float | None]:

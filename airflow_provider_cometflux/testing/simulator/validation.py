@@ -16,7 +16,8 @@ Inputs a schema does not name are ignored, as the service ignores them. The rule
 (:mod:`airflow_provider_cometflux.schema`), so the simulator refuses exactly what the provider's validation refuses,
 naming the same field; a refused image is ``Does not match format 'uri'`` (``format``), a list too long ``Array must
 have at most N items`` (``array_max_items``), and a cross-field rule (``aspect_ratio`` ``custom`` without ``width``
-and ``height``) names the input that asks for the others (``needs``).
+and ``height``) names the input that asks for the others (``needs``), a cross-field limit (kontext's
+``safety_tolerance`` at most 2 with an ``input_image``) the limited input (``number_lte``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 from typing import Any
 
 from airflow_provider_cometflux import schema
-from airflow_provider_cometflux.schema import MODELS, Input, Needs, Problem
+from airflow_provider_cometflux.schema import MODELS, Input, Limit, Needs, Problem
 
 __all__ = [
     "DEFAULT_KNOWN_MODELS",
@@ -54,6 +55,9 @@ def _entry(problem: Problem) -> dict[str, str]:
         needed = " and ".join(rule.needs)
         description = f"{name} {json.dumps(rule.value)} needs {needed}"
         return {"type": "needs", "field": where, "description": description}
+    if isinstance(rule, Limit):
+        description = f"Must be less than or equal to {_number(rule.maximum)} when {rule.when} is given"
+        return {"type": "number_lte", "field": where, "description": description}
     assert isinstance(rule, Input)
     if problem.kind == schema.TYPE:
         description = f"Invalid type. Expected: {rule.type}, given: {schema.json_type(problem.value)}"

@@ -105,6 +105,19 @@ def test_a_returned_input_the_model_refuses_fails_before_any_request(cometapi_co
     assert cometapi_connection.stats["creates"] == 0
 
 
+@pytest.mark.cometapi_simulator(run_seconds=0.1, validate_input=False)
+def test_unchecked_inputs_reach_the_service_with_a_warning(cometapi_connection, caplog):
+    @task.cometflux(unchecked_inputs=["aspect_ratio"], **FAST)
+    def draw() -> dict[str, Any]:
+        return {"prompt": "a cat", "aspect_ratio": "7:5"}
+
+    with caplog.at_level("WARNING", logger="airflow_provider_cometflux.models"):
+        assert built(draw).execute(context())
+    assert "input.aspect_ratio: '7:5' is not allowed" in caplog.text
+    (sent,) = cometapi_connection.predictions.values()
+    assert sent["input"]["aspect_ratio"] == "7:5"
+
+
 @pytest.mark.cometapi_simulator(run_seconds=0.3)
 def test_deferred_task_resumes_in_a_fresh_operator_and_records_the_returned_input(cometapi_connection, tmp_path):
     @task.cometflux(

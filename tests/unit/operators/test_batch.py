@@ -191,3 +191,15 @@ def test_a_mapped_batch_keeps_a_manifest_of_its_own(cometapi_connection, tmp_pat
     assert not (tmp_path / "manifest.jsonl").exists()
     rows = load_manifest(str(tmp_path / "manifest-2.jsonl"))
     assert [row.prompt for row in rows] == ["a", "b"]
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1, validate_input=False)
+def test_unchecked_inputs_send_what_a_stale_schema_refuses(cometapi_connection, caplog):
+    with pytest.raises(CometFluxInputError, match=r"prompts\[0\]: input\.aspect_ratio: '7:5'"):
+        batch_operator(prompts=["a", "b"], input={"aspect_ratio": "7:5"}).execute(context())
+    with caplog.at_level("WARNING", logger="airflow_provider_cometflux.models"):
+        results = batch_operator(
+            prompts=["a", "b"], input={"aspect_ratio": "7:5"}, unchecked_inputs=["aspect_ratio"]
+        ).execute(context())
+    assert len(results) == 2 and caplog.text.count("unchecked_inputs overrides") == 2
+    assert {p["input"]["aspect_ratio"] for p in cometapi_connection.predictions.values()} == {"7:5"}

@@ -138,3 +138,29 @@ def test_a_failed_prediction_is_still_recorded_with_its_error_and_input(cometapi
     record = ctx["ti"].xcoms[XCOM_PREDICTION]
     assert record["status"] == "failed" and "no foxes" in record["error"]
     assert record["input"]["prompt"] == "a fox [sim:failed=no foxes]"
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1, validate_input=False)
+def test_unchecked_inputs_send_what_a_stale_schema_refuses(cometapi_connection, caplog):
+    """The service changed after the schema was checked (its validation is off here): the input is sent, logged."""
+    with pytest.raises(CometFluxInputError, match=r"input\.num_outputs: 6 is out of range"):
+        operator(input={"num_outputs": 6}).execute(context())
+    assert cometapi_connection.stats["created"] == 0
+    with caplog.at_level("WARNING", logger="airflow_provider_cometflux.models"):
+        urls = operator(input={"num_outputs": 6}, unchecked_inputs=["num_outputs"]).execute(context())
+    assert "input.num_outputs: 6 is out of range" in caplog.text and "unchecked_inputs" in caplog.text
+    (sent,) = cometapi_connection.predictions.values()
+    assert sent["input"] == {"num_outputs": 6, "prompt": "a red fox"} and urls
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_unchecked_inputs_still_meet_the_services_own_refusal(cometapi_connection):
+    """Overridden locally, the input still reaches the service, whose 422 names the field."""
+    with pytest.raises(Exception, match="num_outputs"):
+        operator(input={"num_outputs": 6}, unchecked_inputs=["num_outputs"]).execute(context())
+    assert cometapi_connection.stats["creates"] == 1
+
+
+def test_unchecked_inputs_must_be_a_list_of_names():
+    with pytest.raises(CometFluxInputError, match="unchecked_inputs"):
+        operator(unchecked_inputs="num_outputs")

@@ -25,7 +25,10 @@ from tests.unit.testing.simulator.conftest import KONTEXT, RUN, create
 
 
 def test_the_default_known_models_are_the_flux_models() -> None:
-    assert {SCHNELL, DEV, PRO, KONTEXT_PRO, KONTEXT_MAX} == DEFAULT_KNOWN_MODELS
+    """The ten FLUX models CometAPI serves, and flux-2-max (Replicate's), all from the schema."""
+    flux_2 = {f"black-forest-labs/flux-2-{name}" for name in ("pro", "dev", "flex", "max")}
+    others = {"black-forest-labs/flux-pro", "black-forest-labs/flux-1.1-pro-ultra"}
+    assert {SCHNELL, DEV, PRO, KONTEXT_PRO, KONTEXT_MAX} | flux_2 | others == DEFAULT_KNOWN_MODELS
 
 
 @pytest.mark.parametrize("model", ["nobody/nomodel", "black-forest-labs/flux-schnel", "black-forest-labs/FLUX-dev"])
