@@ -21,6 +21,22 @@ from airflow_provider_cometflux.exceptions import CometFluxInputError, OutputsRe
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "black-forest-labs/flux-schnell"
+#: The FLUX models CometAPI serves (``owner/name``); a 404 on a create suggests the nearest of them.
+KNOWN_MODELS: tuple[str, ...] = tuple(
+    f"black-forest-labs/{name}"
+    for name in (
+        "flux-2-pro",
+        "flux-2-dev",
+        "flux-2-flex",
+        "flux-kontext-max",
+        "flux-kontext-pro",
+        "flux-schnell",
+        "flux-pro",
+        "flux-dev",
+        "flux-1.1-pro-ultra",
+        "flux-1.1-pro",
+    )
+)
 
 IN_FLIGHT_STATUSES = frozenset({"starting", "processing"})
 FAILED_STATUSES = frozenset({"failed", "canceled", "aborted"})

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_cometflux.models import KNOWN_MODELS
 from airflow_provider_cometflux.testing.simulator import DEFAULT_KNOWN_MODELS, CometAPISimulator
 from tests.unit.testing.conftest import (
     DEV,
@@ -24,7 +25,9 @@ from tests.unit.testing.conftest import (
 
 
 def test_the_default_known_models_are_the_flux_models() -> None:
-    assert {SCHNELL, DEV, PRO, KONTEXT_PRO, KONTEXT_MAX} == DEFAULT_KNOWN_MODELS
+    assert {SCHNELL, DEV, PRO, KONTEXT_PRO, KONTEXT_MAX} < DEFAULT_KNOWN_MODELS
+    # the simulator serves what the provider knows the service serves
+    assert set(KNOWN_MODELS) == DEFAULT_KNOWN_MODELS and len(KNOWN_MODELS) == 10
 
 
 @pytest.mark.parametrize("model", ["nobody/nomodel", "black-forest-labs/flux-schnel", "black-forest-labs/FLUX-dev"])
