@@ -648,4 +648,4 @@ def gave_up_text(waited: float, timeout: float | None, last_status: str, last_er
     text = f"gave up after {waited:.0f}s{limit}; last status '{safe_text(last_status, limit=40)}'"
     if last_error is not None:
         text += f"; the last poll failed: {last_error}"
-    return text
+    return text + ". Raise the task's timeout if the model needs longer (CometAPI can be slow), or retry later"

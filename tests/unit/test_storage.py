@@ -183,3 +183,31 @@ def test_input_image_size_limit(tmp_path):
     big.write_bytes(b"\x00" * 2000)
     with pytest.raises(CometFluxInputError, match=r"2000 bytes.*at most 1000 bytes"):
         inline_input_images({"input_image": str(big)}, max_bytes=1000)
+
+
+def test_an_output_folder_that_cannot_be_made_says_what_to_do(cometapi_connection, tmp_path):
+    done = CometAPIHook().create_prediction("black-forest-labs/flux-schnell", {"prompt": "a cat"}, wait=10)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(CometFluxInputError, match=r"output_path: cannot write to .*a-file/images") as info:
+        store_outputs(CometAPIHook(), done["output"], (tmp_path / "a-file" / "images").as_uri(), done["id"])
+    assert "give the user the worker runs as write access" in str(info.value)
+
+
+def test_an_output_folder_without_write_access_is_not_retried_as_a_download(cometapi_connection, tmp_path, monkeypatch):
+    from airflow_provider_cometflux import storage
+
+    done = CometAPIHook().create_prediction("black-forest-labs/flux-schnell", {"prompt": "a cat"}, wait=10)
+    opened = []
+
+    def refuse(self, mode="r", *args, **kwargs):
+        opened.append(mode)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(as_storage_path(tmp_path.as_uri())), "open", refuse)
+    sim = cometapi_connection
+    before = sim.stats["downloads"]
+    with pytest.raises(CometFluxInputError, match=r"Permission denied.*write access") as info:
+        store_outputs(CometAPIHook(retry_policy=FAST), done["output"], tmp_path.as_uri(), done["id"])
+    assert not isinstance(info.value, CometAPIError)
+    assert opened == ["wb"] and sim.stats["downloads"] - before == 1  # one try: no download retries
+    assert isinstance(storage.unwritable(tmp_path, PermissionError(13, "no")), CometFluxInputError)

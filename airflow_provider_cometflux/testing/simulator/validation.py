@@ -119,9 +119,8 @@ MODEL_SCHEMAS: dict[str, dict[str, Field]] = {
 }
 #: The models the simulator serves unless told otherwise (``known_models=``): the service's ten FLUX models (those
 #: without a schema here are served unvalidated).
-DEFAULT_KNOWN_MODELS: frozenset[str] = frozenset(MODEL_SCHEMAS) | {
-    f"black-forest-labs/{name}" for name in ("flux-2-pro", "flux-2-dev", "flux-2-flex", "flux-pro", "flux-1.1-pro-ultra")
-}
+_PLAIN = ("flux-2-pro", "flux-2-dev", "flux-2-flex", "flux-pro", "flux-1.1-pro-ultra")
+DEFAULT_KNOWN_MODELS: frozenset[str] = frozenset(MODEL_SCHEMAS) | {f"black-forest-labs/{n}" for n in _PLAIN}
 _REQUIRED = ("prompt",)
 
 

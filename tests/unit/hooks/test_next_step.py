@@ -84,13 +84,14 @@ def test_another_connection_is_named(monkeypatch, requests_mock, fast_retries):
     monkeypatch.setenv("AIRFLOW_CONN_MY_FLUX", json.dumps(conn))
     requests_mock.post(create_url("black-forest-labs/flux-dev"), status_code=401, json={"error": {"message": "no"}})
     with pytest.raises(CometAPIAuthError, match="connection 'my_flux'"):
-        CometAPIHook("my_flux", retry_policy=fast_retries).create_prediction("black-forest-labs/flux-dev", {"prompt": "a"})
+        CometAPIHook("my_flux", retry_policy=fast_retries).create_prediction(
+            "black-forest-labs/flux-dev", {"prompt": ""}
+        )
 
 
 def test_the_service_text_stays_escaped(hook, requests_mock):
-    requests_mock.post(
-        create_url("black-forest-labs/flux-schnel"), status_code=404, json={"detail": "gone\n\x1b[31mred", "status": 404}
-    )
+    body = {"detail": "gone\n\x1b[31mred", "status": 404}
+    requests_mock.post(create_url("black-forest-labs/flux-schnel"), status_code=404, json=body)
     with pytest.raises(CometAPIError) as info:
         hook.create_prediction("black-forest-labs/flux-schnel", {"prompt": "a cat"})
     assert "gone\\n\\x1b[31mred" in str(info.value) and "\x1b" not in str(info.value)
