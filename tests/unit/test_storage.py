@@ -132,7 +132,7 @@ def test_streaming_an_8mb_image_keeps_memory_flat(monkeypatch, tmp_path):
     try:
         assert proc.stdout is not None
         base_url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()
-        conn = {"conn_type": "cometapi", "host": base_url, "password": "test-key"}
+        conn = {"conn_type": "cometapi", "host": base_url, "password": "sim-0123456789abcdef"}  # the CLI's default
         monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
         pid, urls = finished_prediction(None, output_format="png")
         hook = CometAPIHook()

@@ -926,7 +926,7 @@ def test_cli_stops_on_sigint_and_takes_a_fixed_port(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process, base_url = cli("--port", str(port), "--host", "127.0.0.1", "--no-cancel")
+    process, base_url = cli("--port", str(port), "--host", "127.0.0.1", "--no-cancel", "--api-key", KEY)
     assert base_url == f"http://127.0.0.1:{port}"
     assert requests.post(f"{base_url}/replicate/v1/predictions/x/cancel", headers=AUTH, timeout=10).status_code == 404
     process.send_signal(signal.SIGINT)
@@ -959,7 +959,7 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
                 assert conn == {
                     "conn_type": "cometapi",
                     "host": cometapi_simulator.base_url,
-                    "password": "sim-test-key",
+                    "password": "sim-0123456789abcdef",
                 }
                 assert cometapi_simulator.run_seconds == 0.3
                 response = requests.post(
