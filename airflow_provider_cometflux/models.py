@@ -21,6 +21,8 @@ from airflow_provider_cometflux.exceptions import CometFluxInputError, OutputsRe
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "black-forest-labs/flux-schnell"
+#: The FLUX models CometAPI serves (``owner/name``); a 404 on a create suggests the nearest of them.
+KNOWN_MODELS: tuple[str, ...] = tuple(name for name, rules in schema.MODELS.items() if rules.served_by_cometapi)
 
 IN_FLIGHT_STATUSES = frozenset({"starting", "processing"})
 FAILED_STATUSES = frozenset({"failed", "canceled", "aborted"})
@@ -44,6 +46,14 @@ def safe_text(text: object, *, limit: int = 2000) -> str:
         value = value[:limit] + "..."
     return _CONTROL.sub(lambda m: _NAMED_ESCAPES.get(m.group(), f"\\x{ord(m.group()):02x}"), value)
 
+
+#: What to do after a prediction that did not succeed, per status.
+_AFTER_FAILURE = {
+    "failed": "Change the prompt or input the service refused (or safety_tolerance), then run the task again.",
+    "canceled": "It was cancelled (by a user, the task's timeout or Cancel-After); run the task again if still wanted.",
+    "aborted": "The service dropped it before it started; run the task again (retries create a new prediction).",
+}
+_AFTER_OTHER = "Run the task again; if it repeats, report the prediction id to CometAPI."
 
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PREDICTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -183,7 +193,8 @@ class Prediction:
     def failure_message(self) -> str:
         """A message for a prediction that did not succeed, with the service's error text and the id."""
         reason = self.error or "the service gave no error message"
-        return f"Prediction {self.id} ended with status '{self.status}': {reason}"
+        text = f"Prediction {self.id} ended with status '{self.status}': {reason}"
+        return f"{text}{'' if text.endswith(('.', '!', '?')) else '.'} {_AFTER_FAILURE.get(self.status, _AFTER_OTHER)}"
 
     def summary(self) -> dict[str, Any]:
         """

@@ -81,12 +81,25 @@ def store_outputs(
     :return: one :class:`StoredImage` per URL, in order.
     """
     folder = as_storage_path(output_path)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+        raise unwritable(folder, exc) from exc
     outputs = [
         _Output(url, folder, stored_image_stem(prediction_id, index), prediction_id, output_format)
         for index, url in enumerate(urls)
     ]
     return [_already_stored(output) or _download(hook, output, max_bytes, timeout) for output in outputs]
+
+
+def unwritable(folder: object, exc: OSError) -> CometFluxInputError:
+    """The error of an ``output_path`` the worker cannot write to (fails the task without retries)."""
+    return CometFluxInputError(
+        f"output_path: cannot write to {safe_text(folder, limit=300)} ({type(exc).__name__}: "
+        f"{safe_text(exc.strerror or exc, limit=200)}); give the user the worker runs as write access to that "
+        "folder, or set output_path to one it can write to (the prediction itself succeeded: on Airflow 3.3+ "
+        "clearing the task then reattaches to it and copies its images, while the service still has them)."
+    )
 
 
 @dataclass(frozen=True)
@@ -117,7 +130,10 @@ class _PartialFile:
     def begin(self) -> None:
         self.close()
         self.sha = hashlib.sha256()
-        self._out = self.path.open("wb")
+        try:
+            self._out = self.path.open("wb")
+        except PermissionError as exc:  # not a download failure: retrying the download would not help
+            raise unwritable(self.path.parent, exc) from exc
 
     def write(self, chunk: bytes) -> None:
         self.sha.update(chunk)

@@ -26,6 +26,8 @@ MAGIC = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"RIFF": "WebP"}
 UI_PORT = int(os.environ.get("COMETFLUX_UI_PORT", "8080"))
 DEMO_USER = "demo"
 PASSWORDS = DEMO / "airflow" / "passwords.json"
+#: The key the simulator accepts by default (long enough for Airflow to mask it in logs).
+SIMULATOR_KEY = "sim-0123456789abcdef"
 
 
 def demo_password() -> str:
@@ -93,7 +95,7 @@ def serve_ui() -> int:
     if last_run_id(DAG_ID) is None:
         print("Run `make demo` first: the UI shows the images of its run.")
         return 1
-    conn = {"conn_type": "cometapi", "password": os.environ.get("COMETAPI_API_KEY") or "demo-key"}
+    conn = {"conn_type": "cometapi", "password": os.environ.get("COMETAPI_API_KEY") or SIMULATOR_KEY}
     env = airflow_env(conn)
     demo_password()
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -149,7 +151,7 @@ def main() -> int:
     else:
         simulator, base_url = start_simulator()
         print(f"Started the CometAPI simulator at {base_url} (set COMETAPI_API_KEY to use the real service).")
-        conn = {"conn_type": "cometapi", "host": base_url, "password": "demo-key"}
+        conn = {"conn_type": "cometapi", "host": base_url, "password": SIMULATOR_KEY}
     env = airflow_env(conn)
     started = time.monotonic()
     try:

@@ -8,6 +8,7 @@ keep-alive connection pool. ``aiohttp`` is imported on first async use, so DAG p
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from airflow_provider_cometflux.hooks.connection import (
 from airflow_provider_cometflux.hooks.download import Download, Sink, sync_download
 from airflow_provider_cometflux.hooks.transport import USER_AGENT, async_request, sync_request
 from airflow_provider_cometflux.models import (
+    KNOWN_MODELS,
     check_prediction_id,
     safe_text,
     split_model,
@@ -172,24 +174,32 @@ class CometAPIHook(BaseHook):
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
         deadline: float | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        """One request from the worker, with retries; ``deadline`` (``time.monotonic()``) bounds all of it."""
+        """
+        One request from the worker, with retries; ``deadline`` (``time.monotonic()``) bounds all of it.
+
+        An error that ends the call says what to do next (:func:`explain`); ``model`` is the create's model id.
+        """
         # The key stays inside ``self.credentials`` (whose repr leaves it out): no local of a frame that may end
         # in a traceback, which some Airflow versions print with its locals, holds it.
-        return sync_request(
-            self.session,
-            method,
-            self._url(self.credentials.base_url, path),
-            op=op,
-            prediction_id=prediction_id,
-            keyholder=self.credentials,
-            policy=self.retry_policy,
-            connect_timeout=self.connect_timeout,
-            read_timeout=read_timeout or self.read_timeout,
-            deadline=deadline,
-            body=body,
-            headers=headers,
-        )
+        try:
+            return sync_request(
+                self.session,
+                method,
+                self._url(self.credentials.base_url, path),
+                op=op,
+                prediction_id=prediction_id,
+                keyholder=self.credentials,
+                policy=self.retry_policy,
+                connect_timeout=self.connect_timeout,
+                read_timeout=read_timeout or self.read_timeout,
+                deadline=deadline,
+                body=body,
+                headers=headers,
+            )
+        except CometAPIError as exc:
+            raise explain(exc, op=op, conn_id=self.cometapi_conn_id, model=model) from exc
 
     async def _acall(
         self,
@@ -203,27 +213,31 @@ class CometAPIHook(BaseHook):
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
         on_retry: Callable[[CometAPIError, float], None] | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`_call`: the same answers, retries and ``deadline``, without blocking the event loop."""
         creds = await self._aget_credentials()
         shared = loop_session(joining=not self._using_loop_session)
         self._using_loop_session = True
-        return await async_request(
-            shared.session,
-            method,
-            self._url(creds.base_url, path),
-            op=op,
-            prediction_id=prediction_id,
-            secret_headers=partial(_auth_headers, creds),
-            keyholder=creds,
-            policy=self.retry_policy,
-            connect_timeout=self.connect_timeout,
-            read_timeout=read_timeout or self.read_timeout,
-            deadline=deadline,
-            data=data,
-            headers=headers,
-            on_retry=on_retry,
-        )
+        try:
+            return await async_request(
+                shared.session,
+                method,
+                self._url(creds.base_url, path),
+                op=op,
+                prediction_id=prediction_id,
+                secret_headers=partial(_auth_headers, creds),
+                keyholder=creds,
+                policy=self.retry_policy,
+                connect_timeout=self.connect_timeout,
+                read_timeout=read_timeout or self.read_timeout,
+                deadline=deadline,
+                data=data,
+                headers=headers,
+                on_retry=on_retry,
+            )
+        except CometAPIError as exc:
+            raise explain(exc, op=op, conn_id=self.cometapi_conn_id, model=model) from exc
 
     async def aclose(self) -> None:
         """
@@ -257,7 +271,13 @@ class CometAPIHook(BaseHook):
         """
         path, headers, read_timeout = self._create_request(model, wait, cancel_after)
         prediction = self._call(
-            "POST", path, op="create", body={"input": dict(input)}, headers=headers, read_timeout=read_timeout
+            "POST",
+            path,
+            op="create",
+            body={"input": dict(input)},
+            headers=headers,
+            read_timeout=read_timeout,
+            model=model,
         )
         return _created(prediction, model)
 
@@ -280,7 +300,14 @@ class CometAPIHook(BaseHook):
         path, headers, read_timeout = self._create_request(model, wait, cancel_after)
         body = json.dumps({"input": dict(input)}).encode()
         prediction = await self._acall(
-            "POST", path, op="create", data=body, headers=headers, read_timeout=read_timeout, on_retry=on_retry
+            "POST",
+            path,
+            op="create",
+            data=body,
+            headers=headers,
+            read_timeout=read_timeout,
+            on_retry=on_retry,
+            model=model,
         )
         return _created(prediction, model)
 
@@ -467,6 +494,85 @@ def _same_prediction(prediction_id: str, data: dict[str, Any]) -> dict[str, Any]
     return data
 
 
+def suggest_model(model: str) -> str | None:
+    """The known model id nearest to ``model`` (a typo, another owner), or ``None`` when none is near."""
+    near = difflib.get_close_matches(model, KNOWN_MODELS, n=1, cutoff=0.8)
+    if near:
+        return near[0]
+    by_name = {known.split("/", 1)[1]: known for known in KNOWN_MODELS}
+    near = difflib.get_close_matches(model.rsplit("/", 1)[-1], list(by_name), n=1, cutoff=0.8)
+    return by_name[near[0]] if near else None
+
+
+def next_step(exc: CometAPIError, *, op: str, conn_id: str, model: str | None = None) -> str | None:
+    """
+    What to do about an error that ended an API call, or ``None`` when its message already says.
+
+    :param op: ``create``, ``get`` or ``cancel``.
+    :param conn_id: the Airflow connection used (named, never its key).
+    :param model: the create's model id.
+    """
+    status = exc.http_status
+    conn = safe_text(repr(conn_id), limit=200)
+    if isinstance(exc, PredictionMayExistError) or type(exc) not in (CometAPIError, CometAPIAuthError):
+        return None  # its own message says what to do
+    if isinstance(exc, CometAPIAuthError):
+        return (
+            f"CometAPI refused the API key of connection {conn}: put a valid CometAPI key in that connection's "
+            "password (API key) field, or pass cometapi_conn_id= to use another connection"
+        )
+    if status == 404 and op == "create" and model:
+        shown = safe_text(repr(model), limit=200)
+        near = suggest_model(model)
+        if near is not None and near != model:
+            return f"the model {shown} was not found: did you mean {near!r}? Set model= to it"
+        return (
+            f"the model {shown} was not found: set model= to a model CometAPI serves (owner/name), e.g. "
+            + ", ".join(repr(known) for known in KNOWN_MODELS)
+        )
+    if status == 404 and op == "get":
+        return (
+            f"the prediction was not found with connection {conn}: check the prediction id, and that the "
+            "connection's key belongs to the account that created it"
+        )
+    if status == 429:
+        return (
+            "CometAPI kept refusing requests for too many (HTTP 429): retry later, lower the create pace "
+            "(creates_per_minute), or set requests_per_minute on the connection to your account's limit"
+        )
+    if status == 422 or status == 400:
+        return "the service refused the request's input: fix the input it names and run again"
+    if status is not None and status >= 500:
+        return "the service failed on its side: retry later (the task's retries do), and report it if it persists"
+    if status is None and exc.transient:
+        return (
+            f"check the Base URL (host) of connection {conn} (empty means https://api.cometapi.com) and the "
+            "network of the machine that ran it"
+        )
+    return None
+
+
+def explain(exc: CometAPIError, *, op: str, conn_id: str, model: str | None = None) -> CometAPIError:
+    """
+    ``exc`` with what to do next added to its message (:func:`next_step`); every other attribute is kept.
+
+    The service's own text (already escaped) and the prediction id stay in the message.
+    """
+    step = next_step(exc, op=op, conn_id=conn_id, model=model)
+    if step is None:
+        return exc
+    said = exc.message.rstrip()
+    return type(exc)(
+        f"{said}{'' if said.endswith(('.', '!', '?')) else '.'} {step[0].upper()}{step[1:]}.",
+        http_status=exc.http_status,
+        prediction_id=exc.prediction_id,
+        error_type=exc.error_type,
+        error_code=exc.error_code,
+        transient=exc.transient,
+        retry_after=exc.retry_after,
+    )
+
+
 def polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
     """The last poll's error, saying how many polls in a row failed."""
     return type(exc)(
@@ -481,7 +587,8 @@ def polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
 
 def gave_up_text(waited: float, timeout: float | None, last_status: str, last_error: BaseException | None) -> str:
     """The message of a wait that reached its deadline: how long it waited and the last status seen."""
-    limit = f" (timeout {timeout:g}s)" if timeout is not None else ""
+    advice = "raise it if the model needs longer: CometAPI can be slow"
+    limit = f" (timeout {timeout:g}s: {advice})" if timeout is not None else f" (the task's timeout: {advice})"
     text = f"gave up after {waited:.0f}s{limit}; last status '{safe_text(last_status, limit=40)}'"
     if last_error is not None:
         text += f"; the last poll failed: {last_error}"

@@ -84,7 +84,8 @@ def dags_test(airflow_home: Path, cometapi_simulator: Any, tmp_path: Path):
     def run(
         dag_id: str, *, folder: Path = TEST_DAGS, timeout: float = 240, reserialize: bool = False, **extra_env: str
     ) -> DagRunResult:
-        conn = {"conn_type": "cometapi", "host": cometapi_simulator.base_url, "password": "it-secret-key"}
+        key = cometapi_simulator.api_key or "it-secret-key"  # the fixture's simulator checks its own key
+        conn = {"conn_type": "cometapi", "host": cometapi_simulator.base_url, "password": key}
         env = airflow_env(
             airflow_home,
             AIRFLOW__CORE__DAGS_FOLDER=str(folder),

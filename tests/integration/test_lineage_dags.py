@@ -14,6 +14,7 @@ import pytest
 
 from airflow_provider_cometflux.lineage import PREDICTION_FACET
 from airflow_provider_cometflux.provenance import SIDECAR_FORMAT, load_manifest, load_sidecar
+from airflow_provider_cometflux.testing.pytest_plugin import SIMULATOR_API_KEY
 
 pytest.importorskip("airflow.providers.openlineage")
 
@@ -36,7 +37,7 @@ def lineage_run(dags_test, tmp_path: Path):
             AIRFLOW__OPENLINEAGE__DISABLED="False",
         )
         text = events_file.read_text() if events_file.exists() else ""
-        assert "it-secret-key" not in text  # the connection's key is nowhere in the events
+        assert SIMULATOR_API_KEY not in text  # the connection's key is nowhere in the events
         events = [json.loads(line) for line in text.splitlines() if line.strip()]
         return result, events, tmp_path / "images" / dag_id
 

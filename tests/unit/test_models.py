@@ -26,7 +26,10 @@ def test_output_that_is_not_http_is_refused(bad):
 def test_prediction_view():
     p = Prediction(prediction_json(status="failed", error="NSFW content detected"))
     assert p.is_terminal and not p.succeeded
-    assert p.failure_message() == "Prediction p1abc ended with status 'failed': NSFW content detected"
+    assert p.failure_message() == (
+        "Prediction p1abc ended with status 'failed': NSFW content detected. Change the prompt or input the service "
+        "refused (or safety_tolerance), then run the task again."
+    )
     assert p.web_url == "https://replicate.com/p/p1abc"
     summary = p.summary()
     assert summary["input"] == {"prompt": "a cat"} and "logs" not in summary and summary["status"] == "failed"

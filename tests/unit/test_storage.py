@@ -137,7 +137,7 @@ def test_streaming_an_8mb_image_keeps_memory_flat(monkeypatch, tmp_path):
     try:
         assert proc.stdout is not None
         base_url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()
-        conn = {"conn_type": "cometapi", "host": base_url, "password": "test-key"}
+        conn = {"conn_type": "cometapi", "host": base_url, "password": "sim-0123456789abcdef"}  # the CLI's default
         monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
         pid, urls = finished_prediction(None, output_format="png")
         hook = CometAPIHook()
@@ -197,3 +197,31 @@ def test_write_whole_replaces_the_file_and_leaves_no_temporary_one(tmp_path):
     assert write_whole(tmp_path / "out", "notes.json", "second ü") == uri
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.json"]
     assert (tmp_path / "out" / "notes.json").read_text(encoding="utf-8") == "second ü"
+
+
+def test_an_output_folder_that_cannot_be_made_says_what_to_do(cometapi_connection, tmp_path):
+    done = CometAPIHook().create_prediction("black-forest-labs/flux-schnell", {"prompt": "a cat"}, wait=10)
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(CometFluxInputError, match=r"output_path: cannot write to .*a-file/images") as info:
+        store_outputs(CometAPIHook(), done["output"], (tmp_path / "a-file" / "images").as_uri(), done["id"])
+    assert "give the user the worker runs as write access" in str(info.value)
+
+
+def test_an_output_folder_without_write_access_is_not_retried_as_a_download(cometapi_connection, tmp_path, monkeypatch):
+    from airflow_provider_cometflux import storage
+
+    done = CometAPIHook().create_prediction("black-forest-labs/flux-schnell", {"prompt": "a cat"}, wait=10)
+    opened = []
+
+    def refuse(self, mode="r", *args, **kwargs):
+        opened.append(mode)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(as_storage_path(tmp_path.as_uri())), "open", refuse)
+    sim = cometapi_connection
+    before = sim.stats["downloads"]
+    with pytest.raises(CometFluxInputError, match=r"Permission denied.*write access") as info:
+        store_outputs(CometAPIHook(retry_policy=FAST), done["output"], tmp_path.as_uri(), done["id"])
+    assert not isinstance(info.value, CometAPIError)
+    assert opened == ["wb"] and sim.stats["downloads"] - before == 1  # one try: no download retries
+    assert isinstance(storage.unwritable(tmp_path, PermissionError(13, "no")), CometFluxInputError)

@@ -5,17 +5,18 @@ A real HTTP server on loopback that refuses what the service refuses (unknown mo
 request rates above a limit) and misbehaves on demand (fault rules and prompt directives), serving real image
 files of FLUX's sizes. Start it from Python::
 
-    with CometAPISimulator(run_seconds=0.5, api_key="sim-test-key") as sim:
+    with CometAPISimulator(run_seconds=0.5, api_key="sim-0123456789abcdef") as sim:  # any other key: 401
         ...  # point the cometapi connection's host at sim.base_url
         assert sim.stats["creates"] == 1
 
-or as a process (prints ``CometAPI simulator listening on http://127.0.0.1:PORT``)::
+or as a process (prints ``CometAPI simulator listening on http://127.0.0.1:PORT``, then which key it accepts:
+``sim-0123456789abcdef`` unless ``--api-key``/``$COMETAPI_SIMULATOR_API_KEY`` gives another or ``--any-key``)::
 
     python -m airflow_provider_cometflux.testing.simulator --port 8765 --run-seconds 2
 
-The README's "The simulator" section lists its routes, control routes, counters, prompt directives and fault
-kinds. Modules: :mod:`.app` (the server), :mod:`.lifecycle` (predictions), :mod:`.validation` (model schemas),
-:mod:`.faults`, :mod:`.images` (Pillow), :mod:`.responses`, :mod:`.cli`.
+The README's "The simulator" section introduces it; ``docs/simulator.md`` lists its routes, control routes,
+counters, prompt directives and fault kinds. Modules: :mod:`.app` (the server), :mod:`.lifecycle` (predictions),
+:mod:`.validation` (model schemas), :mod:`.faults`, :mod:`.images` (Pillow), :mod:`.responses`, :mod:`.cli`.
 """
 
 from __future__ import annotations

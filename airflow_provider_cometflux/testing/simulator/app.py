@@ -75,7 +75,8 @@ class CometAPISimulator:
     :param host: the address to listen on.
     :param port: the port to listen on; 0 picks a free one (read it back from :attr:`port`).
     :param run_seconds: how long a prediction takes from creation to its terminal status.
-    :param api_key: the only accepted bearer token; ``None`` accepts any non-empty one.
+    :param api_key: the only accepted bearer token (any other answers 401); ``None`` accepts any non-empty one. The
+        pytest fixtures and the command line give ``sim-0123456789abcdef`` unless told otherwise.
     :param output_kind: ``auto`` (per model), ``list`` or ``string``.
     :param cancel_supported: serve the cancel route; when false it answers an HTML 404 like CometAPI.
     :param expire_after: seconds after completion when file URLs start answering 404; ``None``: never.
@@ -87,7 +88,7 @@ class CometAPISimulator:
     :param image_bytes: if set, pad every generated image file to about this many bytes.
     :param validate_input: check every input of the known FLUX models and answer 422 like Replicate.
     :param known_models: the models a create may name (``owner/name``); others answer 404 as the service does.
-        Default: the FLUX models; ``None`` accepts any model (unvalidated).
+        Default: the service's ten FLUX models; ``None`` accepts any model (unvalidated).
     :param requests_per_second: a service-wide limit on API requests (create, get, cancel) per one-second
         window; above it answer 429 with ``Retry-After: 1`` and Replicate's throttle body. ``None``: no limit.
     :param create_status: the status of a successful create (201, or 202 as CometAPI may answer).

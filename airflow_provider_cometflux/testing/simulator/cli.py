@@ -9,7 +9,10 @@ import os
 import signal
 import threading
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DEFAULT_API_KEY", "build_parser", "main"]
+
+#: The key the command-line simulator accepts unless told another (``--api-key``) or any (``--any-key``).
+DEFAULT_API_KEY = "sim-0123456789abcdef"
 
 
 def _raise_open_file_limit() -> None:
@@ -35,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-seconds", type=float, default=1.0, help="time each prediction takes")
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("COMETAPI_SIMULATOR_API_KEY"),
-        help="the only accepted bearer token (default: $COMETAPI_SIMULATOR_API_KEY, else any token)",
+        default=os.environ.get("COMETAPI_SIMULATOR_API_KEY") or DEFAULT_API_KEY,
+        help=f"the only accepted bearer token; others answer 401 (default: $COMETAPI_SIMULATOR_API_KEY, else "
+        f"{DEFAULT_API_KEY})",
     )
+    parser.add_argument("--any-key", action="store_true", help="accept any non-empty bearer token")
     parser.add_argument("--output-kind", choices=("auto", "list", "string"), default="auto")
     parser.add_argument("--no-cancel", action="store_true", help="answer the cancel route with 404")
     parser.add_argument("--expire-after", type=float, default=None, help="data is removed S seconds after completion")
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         args.host,
         args.port,
         run_seconds=args.run_seconds,
-        api_key=args.api_key or None,
+        api_key=None if args.any_key else args.api_key,
         output_kind=args.output_kind,
         cancel_supported=not args.no_cancel,
         expire_after=args.expire_after,
@@ -108,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     simulator.start()
     print(f"CometAPI simulator listening on {simulator.base_url}", flush=True)
+    if simulator.api_key is None:
+        print("It accepts any non-empty API key (--any-key).", flush=True)
+    elif simulator.api_key == DEFAULT_API_KEY:
+        print(f"It accepts only the API key {DEFAULT_API_KEY}; any other answers 401.", flush=True)
+    else:  # a key of the caller's, never printed
+        print("It accepts only the API key given (--api-key or $COMETAPI_SIMULATOR_API_KEY); any other answers 401.")
     try:
         while not stop.wait(0.5):
             pass

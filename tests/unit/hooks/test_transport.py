@@ -71,7 +71,7 @@ def test_a_prediction_error_text_is_escaped():
     from airflow_provider_cometflux.models import Prediction
 
     prediction = Prediction(prediction_json(status="failed", error="bad\r\nINFO - Task succeeded\x07"))
-    assert prediction.failure_message().endswith("bad\\r\\nINFO - Task succeeded\\x07")
+    assert "bad\\r\\nINFO - Task succeeded\\x07. " in prediction.failure_message()
 
 
 def test_an_api_answer_over_the_limit_is_not_read(hook, requests_mock):

@@ -12,13 +12,18 @@ import requests
 from airflow_provider_cometflux._compat import AirflowSensorTimeout
 from airflow_provider_cometflux.exceptions import CometFluxInputError, PredictionFailedError
 from airflow_provider_cometflux.sensors.prediction import CometFluxPredictionSensor
+from airflow_provider_cometflux.testing.pytest_plugin import SIMULATOR_API_KEY
 from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 from tests.unit.fakes import context, first_event, task_deferred
+
+AUTH = {"Authorization": f"Bearer {SIMULATOR_API_KEY}"}
 
 
 def create(sim, prompt: str) -> str:
     url = f"{sim.base_url}/replicate/v1/models/black-forest-labs/flux-schnell/predictions"
-    resp = requests.post(url, json={"input": {"prompt": prompt}}, headers={"Authorization": "Bearer k"})
+    resp = requests.post(
+        url, json={"input": {"prompt": prompt}}, headers={"Authorization": f"Bearer {SIMULATOR_API_KEY}"}
+    )
     resp.raise_for_status()
     return resp.json()["id"]
 

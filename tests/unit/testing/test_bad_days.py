@@ -273,7 +273,12 @@ def test_requests_per_second_from_the_command_line(tmp_path: Any) -> None:
     import sys
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_cometflux.testing.simulator", "--requests-per-second", "2"],
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_cometflux.testing.simulator",
+            *("--requests-per-second", "2", "--any-key"),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -303,7 +308,7 @@ def test_an_unknown_model_from_the_command_line_and_any_model() -> None:
         (["--any-model"], {"x/y": 201}),
     ):
         process = subprocess.Popen(
-            [sys.executable, "-m", "airflow_provider_cometflux.testing.simulator", *args],
+            [sys.executable, "-m", "airflow_provider_cometflux.testing.simulator", *args, "--any-key"],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -27,7 +27,7 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
                 assert conn == {
                     "conn_type": "cometapi",
                     "host": cometapi_simulator.base_url,
-                    "password": "sim-test-key",
+                    "password": "sim-0123456789abcdef",
                 }
                 assert cometapi_simulator.run_seconds == 0.3
                 response = requests.post(

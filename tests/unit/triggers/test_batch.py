@@ -10,8 +10,11 @@ import pytest
 import requests
 
 from airflow_provider_cometflux.hooks.cometapi import close_async_session
+from airflow_provider_cometflux.testing.pytest_plugin import SIMULATOR_API_KEY
 from airflow_provider_cometflux.triggers.batch import CometFluxBatchTrigger
 from tests.unit.fakes import first_event
+
+AUTH = {"Authorization": f"Bearer {SIMULATOR_API_KEY}"}
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +25,9 @@ async def _close_shared_session():
 
 def create(sim, prompt: str) -> str:
     url = f"{sim.base_url}/replicate/v1/models/black-forest-labs/flux-schnell/predictions"
-    resp = requests.post(url, json={"input": {"prompt": prompt}}, headers={"Authorization": "Bearer k"})
+    resp = requests.post(
+        url, json={"input": {"prompt": prompt}}, headers={"Authorization": f"Bearer {SIMULATOR_API_KEY}"}
+    )
     resp.raise_for_status()
     return resp.json()["id"]
 

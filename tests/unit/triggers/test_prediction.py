@@ -9,8 +9,11 @@ import pytest
 import requests
 
 from airflow_provider_cometflux.hooks.cometapi import close_async_session
+from airflow_provider_cometflux.testing.pytest_plugin import SIMULATOR_API_KEY
 from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 from tests.conftest import TEST_KEY
+
+AUTH = {"Authorization": f"Bearer {SIMULATOR_API_KEY}"}
 
 
 @pytest.fixture(autouse=True)
@@ -21,7 +24,9 @@ async def _close_shared_session():
 
 def create(sim, prompt: str, model: str = "black-forest-labs/flux-schnell", **inputs) -> str:
     url = f"{sim.base_url}/replicate/v1/models/{model}/predictions"
-    resp = requests.post(url, json={"input": {"prompt": prompt, **inputs}}, headers={"Authorization": "Bearer k"})
+    resp = requests.post(
+        url, json={"input": {"prompt": prompt, **inputs}}, headers={"Authorization": f"Bearer {SIMULATOR_API_KEY}"}
+    )
     resp.raise_for_status()
     return resp.json()["id"]
 
@@ -56,7 +61,7 @@ async def test_succeeded_event_with_list_output(cometapi_connection):
     assert event["status"] == "succeeded" and event["prediction_id"] == pid
     output = event["prediction"]["output"]
     assert isinstance(output, list) and len(output) == 2
-    assert TEST_KEY not in str(event) and "sim-test-key" not in str(event)
+    assert TEST_KEY not in str(event) and SIMULATOR_API_KEY not in str(event)
 
 
 async def test_string_output_model(cometapi_connection):

@@ -66,7 +66,7 @@ def test_cli_stops_on_sigint_and_takes_a_fixed_port(
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process, base_url = cli("--port", str(port), "--host", "127.0.0.1", "--no-cancel")
+    process, base_url = cli("--port", str(port), "--host", "127.0.0.1", "--no-cancel", "--api-key", KEY)
     assert base_url == f"http://127.0.0.1:{port}"
     assert requests.post(f"{base_url}/replicate/v1/predictions/x/cancel", headers=AUTH, timeout=10).status_code == 404
     process.send_signal(signal.SIGINT)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_cometflux.models import KNOWN_MODELS
 from airflow_provider_cometflux.testing.simulator import DEFAULT_KNOWN_MODELS, CometAPISimulator
 from tests.unit.testing.conftest import (
     DEV,
@@ -29,6 +30,8 @@ def test_the_default_known_models_are_the_flux_models() -> None:
     flux_2 = {f"black-forest-labs/flux-2-{name}" for name in ("pro", "dev", "flex", "max")}
     others = {"black-forest-labs/flux-pro", "black-forest-labs/flux-1.1-pro-ultra"}
     assert {SCHNELL, DEV, PRO, KONTEXT_PRO, KONTEXT_MAX} | flux_2 | others == DEFAULT_KNOWN_MODELS
+    # the provider's list of the service's models (a 404 suggests the nearest) is the schema's, less flux-2-max
+    assert set(KNOWN_MODELS) == DEFAULT_KNOWN_MODELS - {"black-forest-labs/flux-2-max"} and len(KNOWN_MODELS) == 10
 
 
 @pytest.mark.parametrize("model", ["nobody/nomodel", "black-forest-labs/flux-schnel", "black-forest-labs/FLUX-dev"])
