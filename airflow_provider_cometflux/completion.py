@@ -29,6 +29,7 @@ from airflow_provider_cometflux.exceptions import (
     CometAPIError,
     CometFluxBatchFailedError,
     CometFluxError,
+    CometFluxInputError,
     OutputStorageError,
     PredictionTimeoutError,
 )
@@ -154,6 +155,8 @@ def finish_prediction(
         images = images_metadata(stored)
         finished = Finished(record, [image.uri for image in stored], images)
         _write_sidecar(outputs, finished)
+    except CometFluxInputError as exc:  # the output folder refused it after a paid success: name the way back
+        raise storage_failed(prediction.id, folder, urls, exc) from exc
     except CometFluxError:  # a delivery URL's answer (expired, too large...): its own message says what to do
         raise
     except Exception as exc:  # the store refused (permissions, a full disk, a missing bucket...)

@@ -16,6 +16,7 @@ from airflow_provider_cometflux import schema
 from airflow_provider_cometflux.exceptions import CometFluxInputError
 from airflow_provider_cometflux.models import validate_input
 from airflow_provider_cometflux.schema import MODELS, Input
+from airflow_provider_cometflux.testing.pytest_plugin import SIMULATOR_API_KEY
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
 
 
@@ -70,7 +71,11 @@ def _refusals() -> Iterator[Any]:
 
 def _post(sim: CometAPISimulator, model: str, model_input: Mapping[str, Any]) -> requests.Response:
     url = f"{sim.base_url}/replicate/v1/models/{model}/predictions"
-    return requests.post(url, json={"input": dict(model_input)}, headers={"Authorization": "Bearer k"}, timeout=30)
+    return requests.post(url, json={"input": dict(model_input)}, headers=_auth(sim), timeout=30)
+
+
+def _auth(sim: CometAPISimulator) -> dict[str, str]:
+    return {"Authorization": f"Bearer {sim.api_key or SIMULATOR_API_KEY}"}
 
 
 def _named(entry: Mapping[str, str]) -> str:
