@@ -99,7 +99,7 @@ def create(sim, prompt: str) -> str:
     resp = requests.post(
         f"{sim.base_url}/replicate/v1/models/{SCHNELL}/predictions",
         json={"input": {"prompt": prompt}},
-        headers={"Authorization": "Bearer k"},
+        headers={"Authorization": f"Bearer {sim.api_key or 'k'}"},  # the fixture's simulator checks its key
         timeout=10,
     )
     resp.raise_for_status()
@@ -141,7 +141,7 @@ async def test_trigger_deadline_cuts_a_slow_poll(cometapi_connection):
 def test_inline_wait_tolerates_failed_polls_then_gives_up(hook, requests_mock):
     failing = [{"status_code": 503, "json": {"error": {"message": "overloaded"}}}] * 4  # one poll: 4 tries
     requests_mock.get(GET, [{"json": prediction_json(status="processing")}, *failing, *failing, *failing])
-    with pytest.raises(CometAPIError, match=r"overloaded .*\(3 polls in a row failed\)") as info:
+    with pytest.raises(CometAPIError, match=r"overloaded.*\(3 polls in a row failed\)") as info:
         hook.wait_for_prediction("p1abc", poll_interval=0.01, timeout=30, max_consecutive_errors=3)
     assert info.value.transient and requests_mock.call_count == 13
 
