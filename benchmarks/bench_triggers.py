@@ -62,6 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from benchmarks.common import (
+    BENCH_KEY,
     PYTHON,
     ROOT,
     connection_env,
@@ -168,7 +169,7 @@ async def create_predictions(base_url: str, count: int) -> tuple[list[str], list
     sent: list[float] = [0.0] * count
     loop = asyncio.get_running_loop()
     url = f"{base_url}/replicate/v1/models/{MODEL}/predictions"
-    headers = {"Authorization": "Bearer bench-key-0123456789"}
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
     limit = asyncio.Semaphore(256)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
 

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 #: Every benchmark talks to 127.0.0.1 only.
 LOOPBACK = "127.0.0.1"
+#: The key the benchmarks' simulator accepts (--api-key) and their connection sends.
+BENCH_KEY = "bench-key-0123456789"
 
 
 def raise_open_files(wanted: int = 65536) -> int:
@@ -175,7 +177,8 @@ def simulator_process(*args: str, cpu: int | None = 1, fast_loop: bool = True) -
         "from benchmarks.limited_service import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    command = [PYTHON, "-W", "ignore", "-c", code, "--host", LOOPBACK, "--port", "0", "--backlog", "16384", *args]
+    command = [PYTHON, "-W", "ignore", "-c", code, "--host", LOOPBACK, "--port", "0", "--backlog", "16384"]
+    command += ["--api-key", BENCH_KEY, *args]  # the key of connection_env: the simulator checks it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=env)
     try:
@@ -204,7 +207,7 @@ def simulator_process(*args: str, cpu: int | None = 1, fast_loop: bool = True) -
 
 def connection_env(base_url: str) -> dict[str, str]:
     """The ``cometapi_default`` connection pointing at a simulator, as an environment variable."""
-    conn = {"conn_type": "cometapi", "host": base_url, "password": "bench-key-0123456789"}
+    conn = {"conn_type": "cometapi", "host": base_url, "password": BENCH_KEY}
     return {"AIRFLOW_CONN_COMETAPI_DEFAULT": json.dumps(conn)}
 
 

@@ -587,9 +587,9 @@ def polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
 
 def gave_up_text(waited: float, timeout: float | None, last_status: str, last_error: BaseException | None) -> str:
     """The message of a wait that reached its deadline: how long it waited and the last status seen."""
-    advice = "raise it if the model needs longer: CometAPI can be slow"
-    limit = f" (timeout {timeout:g}s: {advice})" if timeout is not None else f" (the task's timeout: {advice})"
+    limit = f" (timeout {timeout:g}s)" if timeout is not None else ""
     text = f"gave up after {waited:.0f}s{limit}; last status '{safe_text(last_status, limit=40)}'"
     if last_error is not None:
         text += f"; the last poll failed: {last_error}"
-    return text
+    text = text.rstrip()
+    return text + (" Raise" if text.endswith(".") else "; raise") + " the task's timeout if the model needs longer"

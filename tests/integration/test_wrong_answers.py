@@ -35,7 +35,7 @@ def test_a_success_without_images_fails_naming_the_prediction(dags_test, cometap
 @pytest.mark.cometapi_simulator(run_seconds=0.1, expire_after=0.2)
 def test_a_sensor_on_a_prediction_whose_outputs_were_removed_fails_without_retries(dags_test, cometapi_simulator):
     api = f"{cometapi_simulator.base_url}/replicate/v1"
-    auth = {"Authorization": "Bearer any-key"}
+    auth = {"Authorization": f"Bearer {cometapi_simulator.api_key}"}  # the key the fixture's simulator accepts
     made = requests.post(
         f"{api}/models/black-forest-labs/flux-schnell/predictions", json={"input": {"prompt": "old"}}, headers=auth
     )
