@@ -11,14 +11,24 @@ from airflow_provider_cometflux.pacing import RetryPolicy
 
 TEST_KEY = "sk-test-0123456789abcdef"
 
-#: Test folders whose subject does not depend on the Airflow release (the simulator is plain aiohttp and Pillow):
-#: marked ``any_release``, which ``make test`` runs on the newest release only.
-ANY_RELEASE = [Path(__file__).parent / "unit" / "testing"]
+_UNIT = Path(__file__).parent / "unit"
+#: Tests whose subject does not depend on the Airflow release: the simulator (plain aiohttp and Pillow), the model
+#: rules, the pacing rules, the HTTP transport, the contract's names. Marked ``any_release``, which ``make test``
+#: runs on the newest release only (and on every Python).
+ANY_RELEASE = [
+    _UNIT / "testing",
+    _UNIT / "test_schema.py",
+    _UNIT / "test_models_table.py",
+    _UNIT / "test_models.py",
+    _UNIT / "test_pacing.py",
+    _UNIT / "test_contract.py",
+    _UNIT / "hooks" / "test_transport.py",
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if any(folder in item.path.parents for folder in ANY_RELEASE):
+        if any(place == item.path or place in item.path.parents for place in ANY_RELEASE):
             item.add_marker(pytest.mark.any_release)
 
 
