@@ -562,26 +562,24 @@ def explain(exc: CometAPIError, *, op: str, conn_id: str, model: str | None = No
     if step is None:
         return exc
     said = exc.message.rstrip()
+    return reworded(exc, f"{said}{'' if said.endswith(('.', '!', '?')) else '.'} {step[0].upper()}{step[1:]}.")
+
+
+def polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
+    """The last poll's error, saying how many polls in a row failed."""
+    return reworded(exc, f"{exc.message} ({errors} polls in a row failed)")
+
+
+def reworded(exc: CometAPIError, message: str) -> CometAPIError:
+    """``exc`` with another message; every other attribute (status, prediction id, code, Retry-After) kept."""
     return type(exc)(
-        f"{said}{'' if said.endswith(('.', '!', '?')) else '.'} {step[0].upper()}{step[1:]}.",
+        message,
         http_status=exc.http_status,
         prediction_id=exc.prediction_id,
         error_type=exc.error_type,
         error_code=exc.error_code,
         transient=exc.transient,
         retry_after=exc.retry_after,
-    )
-
-
-def polls_failed(exc: CometAPIError, errors: int) -> CometAPIError:
-    """The last poll's error, saying how many polls in a row failed."""
-    return type(exc)(
-        f"{exc.message} ({errors} polls in a row failed)",
-        http_status=exc.http_status,
-        prediction_id=exc.prediction_id,
-        error_type=exc.error_type,
-        error_code=exc.error_code,
-        transient=exc.transient,
     )
 
 
