@@ -57,10 +57,6 @@ SERIAL_3.0 := slow or services
 SERIAL_3.1 := services
 SERIAL_3.2 := services
 SERIAL_3.3 := services
-# The fault matrix (every simulator fault through both paths, two long airflow dags test runs) tests the provider's
-# own logic, not the release's: it runs on the lowest and the newest release, to keep make test under 40 minutes.
-SKIP_3.1 := --ignore=tests/reliability/test_fault_matrix.py
-SKIP_3.2 := --ignore=tests/reliability/test_fault_matrix.py
 REPORT := -q -rs --durations=5
 
 .PHONY: demo test test-fast lint deps lock check-locks test-system test-browser bench clean venvs test-highest \
@@ -78,7 +74,7 @@ $(call venv_of,$(1))/.installed: $(call lock_of,$(1)) pyproject.toml | $(UV)
 test-$(1)-parallel: $(call venv_of,$(1))/.installed
 	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), in parallel" -- $(call venv_of,$(1))/bin/python -m pytest \
 		$$(PYTEST_ARGS) $$(REPORT) -n $$(WORKERS) --dist loadgroup \
-		-m "not ($$(SERIAL_MARKERS))$(if $(filter $(NEWEST),$(1)),, and not any_release)" $(SKIP_$(1))
+		-m "not ($$(SERIAL_MARKERS))$(if $(filter $(NEWEST),$(1)),, and not any_release)"
 
 test-$(1)-serial: $(call venv_of,$(1))/.installed
 	@$$(TIMED) "suite Airflow $(AIRFLOW_$(1)), serial ($(SERIAL_$(1)))" -- $(call venv_of,$(1))/bin/python -m pytest \

@@ -11,11 +11,17 @@ from airflow_provider_cometflux.pacing import RetryPolicy
 
 TEST_KEY = "sk-test-0123456789abcdef"
 
-_UNIT = Path(__file__).parent / "unit"
+_TESTS = Path(__file__).parent
+_UNIT = _TESTS / "unit"
 #: Tests whose subject does not depend on the Airflow release: the simulator (plain aiohttp and Pillow), the model
-#: rules, the pacing rules, the HTTP transport, the contract's names. Marked ``any_release``, which ``make test``
-#: runs on the newest release only (and on every Python).
+#: rules, the pacing rules, the HTTP transport, the contract's names; and, run through a real Airflow, the provider's
+#: own answers to the service's wrong answers and faults (the transport, the downloads, the retry policy: the
+#: Airflow path they take is the one tests/integration/test_dags.py proves on every release). Marked
+#: ``any_release``, which ``make test`` runs on the newest release only (and the unit tests on every Python).
 ANY_RELEASE = [
+    _TESTS / "integration" / "test_wrong_answers.py",
+    _TESTS / "reliability" / "test_policy.py",
+    _TESTS / "reliability" / "test_fault_matrix.py",
     _UNIT / "testing",
     _UNIT / "test_schema.py",
     _UNIT / "test_models_table.py",

@@ -64,7 +64,15 @@ def test_sensor_modes(dags_test, cometapi_simulator, tmp_path, mode):
     assert cometapi_simulator.stats["creates"] == 1
 
 
-@pytest.mark.parametrize("outcome", ["failed", "canceled", "aborted"])
+@pytest.mark.parametrize(
+    # one failed outcome proves the release's path; the other two only the provider's wording (newest release only)
+    "outcome",
+    [
+        "failed",
+        pytest.param("canceled", marks=pytest.mark.any_release),
+        pytest.param("aborted", marks=pytest.mark.any_release),
+    ],
+)
 def test_failed_prediction_fails_the_task_with_the_service_error(dags_test, outcome):
     result = dags_test("it_deferred", COMETFLUX_IT_PROMPT=f"a cat [sim:{outcome}]")
     assert result.states["generate"] == "failed"
@@ -192,3 +200,24 @@ def test_sensor_timeout_cancels_the_prediction(dags_test, cometapi_simulator, mo
     assert prediction["status"] == "canceled"
     # how long it waited is measured (2 s, or 3 s on a busy machine): the words, not the figure
     assert re.search(r"gave up after \d+s", result.logs()) and "cancelled (best effort)" in result.logs()
+
+
+def test_reference_edits_example_sends_the_stored_character_inline(dags_test, cometapi_simulator, tmp_path):
+    """The character's stored image reaches each flux-2-pro edit inline; records keep its URI, never its data."""
+    result = dags_test("cometflux_reference_edits", folder=EXAMPLE_DAGS)
+    assert result.returncode == 0, result.output[-4000:]
+    assert set(result.states.values()) == {"success"}, result.states
+    predictions = list(cometapi_simulator.predictions.values())
+    (character,) = [p for p in predictions if p["model"].endswith("flux-schnell")]
+    edits = [p for p in predictions if p["model"].endswith("flux-2-pro")]
+    assert len(edits) == 3
+    (stored,) = [p for p in (tmp_path / "images").rglob(f"{character['id']}-0.png")]
+    for edit in edits:
+        (sent,) = edit["input"]["input_images"]
+        assert sent.startswith("data:image/png;base64,") and base64.b64decode(sent.split(",", 1)[1]) == stored.read_bytes()
+    written = [p.read_text() for p in (tmp_path / "images").rglob("*.json*")]
+    assert len(written) == 4 + 3  # a sidecar per prediction, a manifest line per mapped edit
+    assert not any("base64" in text for text in written)
+    edit_sidecars = [json.loads(t) for t in written if '"input_images"' in t and t.lstrip().startswith("{")]
+    assert {tuple(s["input"]["input_images"]) for s in edit_sidecars} == {(stored.as_uri(),)}
+    assert "the same character" in result.output and cometapi_simulator.stats["created"] == 4
