@@ -32,7 +32,8 @@ Modes (``--modes``):
 ``--variant`` also measures changes to the triggerer process (join several with ``+``), in mode ``triggers``:
 
 * ``gc-freeze``: the triggerer freezes its start-up heap (``gc.freeze()``), so full garbage collections no longer
-  walk the hundreds of thousands of objects Airflow itself loaded;
+  walk the hundreds of thousands of objects Airflow itself loaded (the shipped poller also freezes the heap when it
+  starts, a little later: this variant measures the difference);
 * ``gc-tune``: ``gc.freeze()`` and a first-generation threshold of 50,000 allocations (instead of 700), so that
   the short-lived objects of requests in flight die young instead of reaching the oldest generation;
 * ``pool-N``: the shared connection pool holds N connections instead of ``ASYNC_POOL_LIMIT`` (256). With
