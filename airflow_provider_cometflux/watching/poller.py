@@ -12,8 +12,9 @@ the status requests for all of them:
   in flight (a window opening by one per answer up to the shared HTTP pool's size); the connection's
   ``requests_per_minute`` extra is a ceiling it never passes;
 * **a responsive loop**: answers that arrive together are handled in one turn of the event loop, so the window
-  also closes (by a quarter) when a turn full of this poller's answers held the loop longer than
-  :data:`TURN_TARGET`, and opens again only while turns are short. Against a slow service answers come spread out
+  also closes (by a quarter) when a turn full of this poller's answers took more than :data:`TURN_TARGET` of the
+  loop thread's CPU, and opens again only while turns are short (CPU, not wall-clock time: on a busy machine,
+  waiting for a CPU is no reason to poll less). Against a slow service answers come spread out
   and the window opens up to the pool; when the loop's CPU is the limit, more requests in flight would only make
   longer turns (and more young objects for the garbage collector to promote), never more polls;
 * **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
@@ -82,7 +83,7 @@ INITIAL_WINDOW = 16
 FIRST_POLL_SPREAD = 0.25
 #: Polls started in one turn of the event loop at most (each costs a request's set-up and send).
 DISPATCH_BATCH = 32
-#: Seconds one turn of the event loop full of this poller's answers may take before the window closes a little.
+#: CPU seconds one turn of the event loop full of this poller's answers may take before the window closes a little.
 TURN_TARGET = 0.02
 #: Whether the first poller of a process freezes the objects alive then (see the module's docstring).
 FREEZE_HEAP_AT_START = True
@@ -153,8 +154,8 @@ class SharedPoller:
         #: requests in flight allowed now: grows by one per answer up to ``max_in_flight``, halves on a 429, so an
         #: unknown service is not sent the whole pool's worth of requests before its first answer
         self.window = min(INITIAL_WINDOW, self.max_in_flight)
-        #: how long the last measured turn of the loop took (seconds), and the measurement under way: when it
-        #: started, and the answers handled since (see :meth:`_measure_turn`)
+        #: the CPU the last measured turn of the loop took (seconds), and the measurement under way: the loop
+        #: thread's CPU time when it started, and the answers handled since (see :meth:`_measure_turn`)
         self.turn = 0.0
         self._turn_started: float | None = None
         self._turn_answers = 0
@@ -436,11 +437,11 @@ class SharedPoller:
             task.add_done_callback(self._tasks.discard)
             started += 1
 
-    def _measure_turn(self, now: float) -> None:
+    def _measure_turn(self) -> None:
         """Count an answer handled in this turn of the loop; the first one of a turn starts measuring the turn."""
         self._turn_answers += 1
         if self._turn_started is None:
-            self._turn_started = now
+            self._turn_started = time.thread_time()
             self.loop.call_soon(self._turn_over)  # runs in the next turn, after everything ready now
 
     def _turn_over(self) -> None:
@@ -449,7 +450,7 @@ class SharedPoller:
         self._turn_started, self._turn_answers = None, 0
         if started is None:
             return
-        self.turn = self.loop.time() - started
+        self.turn = time.thread_time() - started
         if self.turn > TURN_TARGET and answers >= 4:  # a long turn of our own answers, not someone else's
             self.window = max(INITIAL_WINDOW, min(self.window, self._in_flight + answers) * 3 // 4)
 
@@ -498,7 +499,7 @@ class SharedPoller:
                 entry.error = result
                 self._schedule(entry, entry.due)  # first in line again once the pause is over
             return
-        self._measure_turn(now)
+        self._measure_turn()
         if self.window < self.max_in_flight and self.turn <= TURN_TARGET:
             self.window += 1
         if isinstance(result, Prediction):
