@@ -84,7 +84,7 @@ FIRST_POLL_SPREAD = 0.25
 #: Polls started in one turn of the event loop at most (each costs a request's set-up and send).
 DISPATCH_BATCH = 32
 #: CPU seconds one turn of the event loop full of this poller's answers may take before the window closes a little.
-TURN_TARGET = 0.02
+TURN_TARGET = 0.01
 #: Whether the first poller of a process freezes the objects alive then (see the module's docstring).
 FREEZE_HEAP_AT_START = True
 
