@@ -9,7 +9,9 @@ event, and reports:
   (its create was sent ``run-seconds`` earlier), plus, against a rate-limited service, one poll per prediction at
   the service's rate; ``over floor`` is the extra time the polling cost;
 * CPU seconds of the process (all threads), and CPU per status request;
-* the worst event-loop stall (how late a 5 ms timer fired) and its 99th percentile;
+* the worst event-loop stall (how late a 5 ms timer fired) and its 99th percentile, and the CPU the loop's thread
+  spent while that timer waited (its worst, ``loop CPU ms``): the part of a stall the process itself caused, which
+  other work on the machine does not inflate;
 * memory per in-flight prediction: peak RSS growth divided by N;
 * status requests (GETs) per prediction, as the simulator counted them, and how many it refused (429);
 * the time spent fetching the connection, total and worst single fetch.
@@ -30,7 +32,8 @@ Modes (``--modes``):
 ``--variant`` also measures changes to the triggerer process (join several with ``+``), in mode ``triggers``:
 
 * ``gc-freeze``: the triggerer freezes its start-up heap (``gc.freeze()``), so full garbage collections no longer
-  walk the hundreds of thousands of objects Airflow itself loaded;
+  walk the hundreds of thousands of objects Airflow itself loaded (the shipped poller also freezes the heap when it
+  starts, a little later: this variant measures the difference);
 * ``gc-tune``: ``gc.freeze()`` and a first-generation threshold of 50,000 allocations (instead of 700), so that
   the short-lived objects of requests in flight die young instead of reaching the oldest generation;
 * ``pool-N``: the shared connection pool holds N connections instead of ``ASYNC_POOL_LIMIT`` (256). With
@@ -85,6 +88,9 @@ MODES = ["triggers", "watch", "batch", "backoff", "threads"]
 #: Targets from the performance issue.
 MAX_OVER_FLOOR = 2.0
 MAX_STALL_MS = 100.0
+#: Above this many triggers the stall may reach :data:`MAX_STALL_MS_MANY`.
+MANY_TRIGGERS = 1000
+MAX_STALL_MS_MANY = 200.0
 MIN_CPU_RATIO = 3.0
 MAX_BYTES_PER_PREDICTION = 16 * 1024
 MAX_REFUSED_SHARE = 0.05
@@ -94,11 +100,17 @@ BASELINES = {"backoff", "threads"}
 
 
 class LoopMonitor:
-    """Measures how late a short timer fires (the loop's stalls), garbage-collection pauses, and peak RSS."""
+    """
+    Measures how late a short timer fires (the loop's stalls), garbage-collection pauses, and peak RSS.
+
+    It also measures the CPU the loop's thread spent while each timer waited (``time.thread_time``): a stall of the
+    loop's own making shows as CPU, while time the process spent waiting for a CPU on a busy machine does not.
+    """
 
     def __init__(self, tick: float = 0.005) -> None:
         self.tick = tick
         self.lateness: list[float] = []
+        self.held_cpu: list[float] = []
         self.windows: list[tuple[float, float]] = []
         self.peak_rss = rss_bytes()
         self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
@@ -119,9 +131,10 @@ class LoopMonitor:
         loop = asyncio.get_running_loop()
         ticks = 0
         while True:
-            start, wall = loop.time(), time.perf_counter()
+            start, wall, cpu = loop.time(), time.perf_counter(), time.thread_time()
             await asyncio.sleep(self.tick)
             self.lateness.append(loop.time() - start - self.tick)
+            self.held_cpu.append(time.thread_time() - cpu)
             self.windows.append((wall, time.perf_counter()))
             ticks += 1
             if ticks % 20 == 0:
@@ -151,6 +164,10 @@ class LoopMonitor:
             if not any(s < end and e > start for s, e in spans)
         ]
         return 1000 * max(clean, default=0.0)
+
+    def worst_cpu_ms(self) -> float:
+        """The most CPU the loop's thread spent while one timer waited."""
+        return 1000 * max(self.held_cpu, default=0.0)
 
     def p99_ms(self) -> float:
         if len(self.lateness) < 2:
@@ -370,6 +387,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "stall_ms": monitor.worst_ms(),
         "stall_p99_ms": monitor.p99_ms(),
         "stall_outside_gc_ms": monitor.worst_outside_gc_ms(),
+        "stall_cpu_ms": monitor.worst_cpu_ms(),
         "gc_full_collections": len(monitor.gc_pauses[2]),
         "gc_worst_pause_ms": 1000 * max((p for ps in monitor.gc_pauses.values() for p in ps), default=0.0),
         "bytes_per_prediction": (monitor.peak_rss - rss_before) / args.n,
@@ -451,7 +469,7 @@ def report(results: list[dict[str, Any]]) -> None:
 
 def report_unlimited(results: list[dict[str, Any]]) -> None:
     headers = ["mode", "variant", "N", "wall s", "floor s", "over floor s", "CPU s", "CPU ms/poll"]
-    headers += ["worst stall ms", "p99 stall ms", "bytes/pred", "polls/pred", "conn fetch s", "polls/s"]
+    headers += ["worst stall ms", "p99 stall ms", "loop CPU ms", "bytes/pred", "polls/pred", "conn fetch s", "polls/s"]
     headers += ["full GCs", "worst GC ms"]
     rows = [
         [
@@ -465,6 +483,7 @@ def report_unlimited(results: list[dict[str, Any]]) -> None:
             r["cpu_ms_per_poll"],
             r["stall_ms"],
             r["stall_p99_ms"],
+            r["stall_cpu_ms"],
             int(r["bytes_per_prediction"]),
             r["polls_per_prediction"],
             r["connection_fetch_total_s"],
@@ -482,9 +501,11 @@ def report_unlimited(results: list[dict[str, Any]]) -> None:
             continue
         base = next((b for b in results if b["mode"] == "threads" and b["n"] == r["n"]), None)
         over = r["over_floor_s"]
+        most = MAX_STALL_MS if r["n"] <= MANY_TRIGGERS else MAX_STALL_MS_MANY
         checks = [
             f"over floor {over:.2f} s <= {MAX_OVER_FLOOR:g}: {target(over <= MAX_OVER_FLOOR)}",
-            f"worst stall {r['stall_ms']:.0f} ms <= {MAX_STALL_MS:g}: {target(r['stall_ms'] <= MAX_STALL_MS)}",
+            f"worst stall {r['stall_ms']:.0f} ms <= {most:g}: {target(r['stall_ms'] <= most)} "
+            f"(of the loop's own CPU {r['stall_cpu_ms']:.0f} ms: {target(r['stall_cpu_ms'] <= most)})",
             f"memory {r['bytes_per_prediction'] / 1024:.1f} KB/pred <= 16: "
             f"{target(r['bytes_per_prediction'] <= MAX_BYTES_PER_PREDICTION)}",
         ]
@@ -505,7 +526,7 @@ def report_unlimited(results: list[dict[str, Any]]) -> None:
 
 def report_limited(results: list[dict[str, Any]]) -> None:
     headers = ["mode", "N", "service rps", "wall s", "floor s", "wall/floor", "lost", "requests", "refused"]
-    headers += ["refused %", "CPU s", "CPU ms/req", "worst stall ms", "p99 stall ms", "bytes/pred"]
+    headers += ["refused %", "CPU s", "CPU ms/req", "worst stall ms", "p99 stall ms", "loop CPU ms", "bytes/pred"]
     rows = [
         [
             r["mode"],
@@ -522,6 +543,7 @@ def report_limited(results: list[dict[str, Any]]) -> None:
             r["cpu_ms_per_poll"],
             r["stall_ms"],
             r["stall_p99_ms"],
+            r["stall_cpu_ms"],
             int(r["bytes_per_prediction"]),
         ]
         for r in results

@@ -11,6 +11,12 @@ the status requests for all of them:
   With no ceiling on the connection it starts unlimited until the first 429, bounded only by the requests it keeps
   in flight (a window opening by one per answer up to the shared HTTP pool's size); the connection's
   ``requests_per_minute`` extra is a ceiling it never passes;
+* **a responsive loop**: answers that arrive together are handled in one turn of the event loop, so the window
+  also closes (by a quarter) when a turn full of this poller's answers took more than :data:`TURN_TARGET` of the
+  loop thread's CPU, and opens again only while turns are short (CPU, not wall-clock time: on a busy machine,
+  waiting for a CPU is no reason to poll less). Against a slow service answers come spread out
+  and the window opens up to the pool; when the loop's CPU is the limit, more requests in flight would only make
+  longer turns (and more young objects for the garbage collector to promote), never more polls;
 * **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
   a prediction is seen done soon after it ends, and each prediction's own delays come from
   :func:`~airflow_provider_cometflux.pacing.poll_delays` (quick first, then every ``poll_interval``);
@@ -28,11 +34,16 @@ schedules (polls by when they are due, watchers by their deadline) and holds at 
 thousands of watchers add nothing to the event loop's own timer heap. The dispatcher starts at most
 :data:`DISPATCH_BATCH` polls per turn of the loop, so a crowd of due polls never holds the loop for long.
 Nothing blocks the loop and nothing busy-waits.
+
+The first poller of a process also freezes the objects then alive (``gc.freeze()``, as Airflow's DAG processor and
+executors do; :data:`FREEZE_HEAP_AT_START`): a full garbage collection then walks what the triggers made since,
+not Airflow's ~170,000 start-up objects again, which alone took longer than 100 ms, stalling the loop as long.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import importlib
 import logging
@@ -72,6 +83,10 @@ INITIAL_WINDOW = 16
 FIRST_POLL_SPREAD = 0.25
 #: Polls started in one turn of the event loop at most (each costs a request's set-up and send).
 DISPATCH_BATCH = 32
+#: CPU seconds one turn of the event loop full of this poller's answers may take before the window closes a little.
+TURN_TARGET = 0.01
+#: Whether the first poller of a process freezes the objects alive then (see the module's docstring).
+FREEZE_HEAP_AT_START = True
 
 
 class _Watcher:
@@ -139,6 +154,11 @@ class SharedPoller:
         #: requests in flight allowed now: grows by one per answer up to ``max_in_flight``, halves on a 429, so an
         #: unknown service is not sent the whole pool's worth of requests before its first answer
         self.window = min(INITIAL_WINDOW, self.max_in_flight)
+        #: the CPU the last measured turn of the loop took (seconds), and the measurement under way: the loop
+        #: thread's CPU time when it started, and the answers handled since (see :meth:`_measure_turn`)
+        self.turn = 0.0
+        self._turn_started: float | None = None
+        self._turn_answers = 0
         self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=POLL_ERRORS)
         self.budget = RequestBudget()
         self.entries: dict[str, _Entry] = {}
@@ -417,6 +437,23 @@ class SharedPoller:
             task.add_done_callback(self._tasks.discard)
             started += 1
 
+    def _measure_turn(self) -> None:
+        """Count an answer handled in this turn of the loop; the first one of a turn starts measuring the turn."""
+        self._turn_answers += 1
+        if self._turn_started is None:
+            self._turn_started = time.thread_time()
+            self.loop.call_soon(self._turn_over)  # runs in the next turn, after everything ready now
+
+    def _turn_over(self) -> None:
+        """A turn that handled answers is over: close the window a little if they held the loop too long."""
+        started, answers = self._turn_started, self._turn_answers
+        self._turn_started, self._turn_answers = None, 0
+        if started is None:
+            return
+        self.turn = time.thread_time() - started
+        if self.turn > TURN_TARGET and answers >= 4:  # a long turn of our own answers, not someone else's
+            self.window = max(INITIAL_WINDOW, min(self.window, self._in_flight + answers) * 3 // 4)
+
     # -- one poll --------------------------------------------------------------------------------------------
 
     def _request_timeout(self, entry: _Entry) -> float:
@@ -462,7 +499,8 @@ class SharedPoller:
                 entry.error = result
                 self._schedule(entry, entry.due)  # first in line again once the pause is over
             return
-        if self.window < self.max_in_flight:
+        self._measure_turn()
+        if self.window < self.max_in_flight and self.turn <= TURN_TARGET:
             self.window += 1
         if isinstance(result, Prediction):
             self.budget.answered(now, started)
@@ -503,6 +541,17 @@ class SharedPoller:
             self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), next(entry.delays)))
 
 
+_heap_frozen = False
+
+
+def _freeze_heap_once() -> None:
+    """Move the objects alive now out of the collector's way, once per process (see the module's docstring)."""
+    global _heap_frozen
+    if FREEZE_HEAP_AT_START and not _heap_frozen:
+        _heap_frozen = True
+        gc.freeze()
+
+
 # One poller per event loop and connection id.
 _POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, SharedPoller]] = weakref.WeakKeyDictionary()
 
@@ -519,6 +568,7 @@ def shared_poller(cometapi_conn_id: str) -> SharedPoller:
         pollers = _POLLERS[loop] = {}
     poller = pollers.get(cometapi_conn_id)
     if poller is None or poller._stopped:
+        _freeze_heap_once()
         poller = pollers[cometapi_conn_id] = SharedPoller(cometapi_conn_id, loop)
     return poller
 

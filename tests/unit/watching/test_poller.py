@@ -18,6 +18,7 @@ from airflow_provider_cometflux.exceptions import (
 from airflow_provider_cometflux.hooks import connection as hook_connection
 from airflow_provider_cometflux.models import Prediction
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
+from airflow_provider_cometflux.watching import poller as poller_module
 from airflow_provider_cometflux.watching.poller import current_poller, watch_prediction
 
 CONN_ID = "poller_test"
@@ -298,3 +299,49 @@ async def test_many_watchers_earliest_due_first_under_a_tight_ceiling(sim, monke
     assert all(r.status == "succeeded" for r in results)
     # every prediction needs one more poll at 10/s: about 2 s, however many were overdue before
     assert took < 2.0 + 2.5
+
+
+# -- the event loop's responsiveness ---------------------------------------------------------------------------
+
+
+async def test_a_long_turn_full_of_answers_closes_the_window_a_short_one_lets_it_open(sim, conn):
+    pid = create(sim, "a cat [sim:stuck]")
+    task = watch(pid)
+    await until(lambda: sim.stats["gets"] >= 1)
+    poller = current_poller(CONN_ID)
+    assert poller is not None
+    loop = asyncio.get_running_loop()
+    poller.window = 100
+    poller._turn_started, poller._turn_answers = time.thread_time() - 1.0, 40  # 40 answers, 1 s of CPU
+    poller._turn_over()
+    assert poller.turn >= 1.0 and poller.window == max(poller_module.INITIAL_WINDOW, (poller.in_flight + 40) * 3 // 4)
+    closed = poller.window
+    poller._turn_started, poller._turn_answers = time.thread_time() - 1.0, 1  # someone else's long turn
+    poller._turn_over()
+    assert poller.window == closed
+    for _ in range(20):  # answers in a long turn do not open it again
+        poller._answered(
+            poller.entries[pid], loop.time(), poller.budget.epoch, Prediction({"id": pid, "status": "processing"})
+        )
+    assert poller.window == closed
+    poller._turn_started = None  # the measured turns are short again: each answer opens it by one
+    poller.turn = 0.0
+    poller._answered(
+        poller.entries[pid], loop.time(), poller.budget.epoch, Prediction({"id": pid, "status": "processing"})
+    )
+    assert poller.window == closed + 1
+    sim.finish([pid])
+    assert (await asyncio.wait_for(task, 10)).status == "succeeded"
+    await stopped()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_the_first_poller_of_a_process_freezes_the_heap_once(sim, conn, monkeypatch, enabled):
+    freezes: list[int] = []
+    monkeypatch.setattr(poller_module.gc, "freeze", lambda: freezes.append(1))
+    monkeypatch.setattr(poller_module, "_heap_frozen", False)
+    monkeypatch.setattr(poller_module, "FREEZE_HEAP_AT_START", enabled)
+    assert (await asyncio.wait_for(watch(create(sim)), 10)).status == "succeeded"
+    await stopped()
+    assert (await asyncio.wait_for(watch(create(sim)), 10)).status == "succeeded"  # a second poller
+    assert freezes == ([1] if enabled else [])
