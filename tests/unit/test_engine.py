@@ -57,6 +57,34 @@ def test_the_prediction_trigger_holds_the_id_and_numbers_only(caplog):
     assert kwargs["poll_interval"] == 1.5 and kwargs["end_time"] == end_time
 
 
+@pytest.mark.parametrize("bad", ["", " cometflux", "a,b", 3])
+def test_a_bad_trigger_queue_fails_naming_the_field(bad):
+    with pytest.raises(CometFluxInputError, match=f"trigger_queue: {bad!r} is not allowed"):
+        engine(trigger_queue=bad)
+
+
+class _Deferring:
+    """What ``Engine.defer`` uses of a task: its ``queue`` (Airflow's trigger queue) and ``defer``."""
+
+    def __init__(self) -> None:
+        self.queue = "default"
+        self.deferred_with_queue: str | None = None
+
+    def defer(self, **kwargs) -> None:
+        self.deferred_with_queue = self.queue  # what Airflow's task runner reads when the deferral is raised
+        raise RuntimeError("deferred")
+
+
+@pytest.mark.parametrize(("trigger_queue", "queue"), [(None, "default"), ("cometflux", "cometflux")])
+def test_a_trigger_queue_is_the_queue_the_trigger_is_deferred_with(trigger_queue, queue):
+    task = _Deferring()
+    log = logging.getLogger("cometflux.test")
+    trigger = engine().prediction_trigger("p1abc", poll_interval=1.0, end_time=time.time() + 60, log=log)
+    with pytest.raises(RuntimeError, match="deferred"):
+        engine(trigger_queue=trigger_queue).defer(task, trigger, time.time() + 60)  # type: ignore[arg-type]
+    assert task.deferred_with_queue == queue
+
+
 def test_airflow_lets_a_deferred_task_run_to_its_deadline_plus_a_grace():
     assert defer_timeout(time.time() + 100).total_seconds() == pytest.approx(100 + DEFER_GRACE, abs=1)
     assert defer_timeout(time.time() - 100).total_seconds() == DEFER_GRACE
