@@ -8,8 +8,10 @@ process warms up as a running triggerer is, creates its N predictions (``--hold`
 and when every process is ready (a "go" sent to all at once) runs N ``CometFluxPredictionTrigger`` as shipped in
 one event loop, until each has its event. For every run it prints:
 
-* **wall / floor**: from "go" to the last event of any process, against the floor: the last prediction done
-  (``hold`` after its create) plus one poll per prediction at the account's rate (K x N / RPS seconds);
+* **wall / floor**: from "go" to the last event of any process, against the floor: each prediction polled once after
+  it is done (``hold`` after its create), at most RPS polls a second for the account. With every create sent at once
+  that is hold + K x N / RPS; a loaded machine spreads the creates, and the floor counts the polls of the
+  predictions done first before the last is done;
 * **refused**: the 429s among every status request of the run, as the simulator counted them;
 * **lost**: predictions not seen ``succeeded``; and each process's own finish time.
 
@@ -93,8 +95,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     # loop time and time.monotonic() are the same clock, shared by the processes of one machine
-    last_done = max(sent) + args.hold - loop.time() + time.monotonic()
-    return {"started": started, "finished": last, "last_done": last_done, "statuses": statuses}
+    done = [at + args.hold - loop.time() + time.monotonic() for at in sent]
+    return {"started": started, "finished": last, "done": done, "statuses": statuses}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -153,10 +155,22 @@ def run_once(base_url: str, args: argparse.Namespace, processes: int, budget: st
                 proc.wait()
 
 
+def floor_seconds(done: list[float], rps: float) -> float:
+    """
+    The shortest wall any poller could take: each prediction must be polled once after it is done, at most ``rps``
+    polls a second for the whole account. With ``done`` sorted, those done from the k-th on need ``len - k`` polls
+    after ``done[k]``. When every create is sent at once this is the issue's floor, hold + N / rps.
+
+    :param done: when each prediction is done, in seconds from the start.
+    :param rps: the account's status reads per second.
+    """
+    ordered = sorted(max(0.0, at) for at in done)
+    return max(at + (len(ordered) - k) / rps for k, at in enumerate(ordered))
+
+
 def summarise(results: list[dict[str, Any]], args: argparse.Namespace, stats: tuple[int, int]) -> dict[str, Any]:
     start = min(r["started"] for r in results)
-    done = max(0.0, max(r["last_done"] for r in results) - start)
-    floor = done + len(results) * args.n / args.rps
+    floor = floor_seconds([at - start for r in results for at in r["done"]], args.rps)
     wall = max(r["finished"] for r in results) - start
     gets, refused = stats
     succeeded = sum(r["statuses"].get("succeeded", 0) for r in results)

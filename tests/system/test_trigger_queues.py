@@ -75,38 +75,30 @@ def test_cometflux_triggers_run_on_the_dedicated_triggerer(deployment: Deploymen
     wait_for("the cometflux_work worker to be ready", lambda: "ready." in worker.output(), 180, system.alive())
 
     run_id = system.trigger(DAG_ID)
-    seen: set[tuple[str, int]] = set()
+    #: every deferred task seen with its trigger held, and when first; any trigger seen elsewhere
+    seen: dict[tuple[str, int], float] = {}
     elsewhere: list[tuple[str, int, str | None, str | None]] = []
 
-    def all_deferred_on_the_dedicated_one() -> bool:
-        rows = trigger_rows(system, run_id)
-        for task, index, queue, host in rows:
+    def finished() -> bool:
+        for task, index, queue, host in trigger_rows(system, run_id):  # sampled every half second to the end
             if host is not None:
-                seen.add((task, index))
+                seen.setdefault((task, index), time.monotonic() - began)
             if queue != "cometflux" or host not in (None, DEDICATED):
                 elsewhere.append((task, index, queue, host))
-        return len(rows) == TASKS and all(host == DEDICATED for *_, host in rows)
+        states = system.states(DAG_ID, run_id)
+        assert "failed" not in states.values(), states
+        return list(states.values()) == ["success"] * TASKS
 
-    held = wait_for(
-        f"all {TASKS} tasks deferred, their triggers held", all_deferred_on_the_dedicated_one, 300, system.alive()
-    )
-
-    def finished() -> bool:
-        all_deferred_on_the_dedicated_one()  # keep sampling who holds what until the end
-        states = list(system.states(DAG_ID, run_id).values())
-        assert "failed" not in states, system.states(DAG_ID, run_id)
-        return states == ["success"] * TASKS
-
-    wait_for("the run to succeed", finished, 300, system.alive())
+    wait_for("the run to succeed", finished, 600, system.alive())
     assert not elsewhere, f"triggers off the dedicated triggerer or its queue: {elsewhere}"
-    assert len(seen) == TASKS, seen
+    assert len(seen) == TASKS, f"tasks seen deferred with their trigger held: {sorted(seen)}"
     creates = sim.creates_per_prompt("system queue ")
     assert len(creates) == PROMPTS and set(creates.values()) == {1}, creates
     FIGURES["6 trigger queue recipe"] = {
         "tasks deferred": TASKS,
         "held by the dedicated triggerer": len(seen),
         "held elsewhere": len(elsewhere),
-        "all held after (s)": round(held, 1),
+        "last one held after (s)": round(max(seen.values()), 1),
         "scenario (s)": round(time.monotonic() - began, 1),
     }
     print(FIGURES["6 trigger queue recipe"])

@@ -8,7 +8,7 @@ give their triggers the triggerer queue ``cometflux`` (``trigger_queue``): a map
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, task
 
@@ -19,7 +19,16 @@ OUTPUT = os.environ.get("COMETFLUX_SYSTEM_OUTPUT", "/tmp/cometflux-system-output
 WORK_QUEUE = "cometflux_work"
 TRIGGER_QUEUE = "cometflux"
 SECONDS = 30
-COMMON = {"deferrable": True, "poll_interval": 1.0, "timeout": 600, "retries": 0, "queue": WORK_QUEUE}
+#: ``retries=1``: a worker starved by a loaded machine may lose a task before it starts; on Airflow 3.3+ a retry
+#: after the create reattaches to its prediction, so the creates stay one per prompt.
+COMMON = {
+    "deferrable": True,
+    "poll_interval": 1.0,
+    "timeout": 600,
+    "retries": 1,
+    "retry_delay": timedelta(seconds=2),
+    "queue": WORK_QUEUE,
+}
 
 with DAG(dag_id="system_trigger_queue", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
     CometFluxPredictionOperator.partial(task_id="mapped", defer_after=0, trigger_queue=TRIGGER_QUEUE, **COMMON).expand(
