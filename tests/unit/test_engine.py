@@ -97,3 +97,26 @@ def test_lineage_names_the_predictions_ran_and_the_folder():
     assert [d.name for d in lineage.outputs] == ["/tmp/out"]
     assert lineage.run_facets[PREDICTION_FACET].predictionIds == ["p1", "p2"]
     assert lineage.run_facets[PREDICTION_FACET].failed is True
+
+
+def test_every_face_hands_its_trigger_queue_to_the_engine():
+    from airflow.sdk import DAG, task
+
+    from airflow_provider_cometflux.operators.batch import CometFluxBatchOperator
+    from airflow_provider_cometflux.operators.flux import CometFluxPredictionOperator
+    from airflow_provider_cometflux.sensors.prediction import CometFluxPredictionSensor
+
+    with DAG("trigger_queue_faces", schedule=None):
+        faces = [
+            CometFluxPredictionOperator(task_id="flux", prompt="a fox", trigger_queue="cometflux"),
+            CometFluxBatchOperator(task_id="batch", prompts=["a fox"], trigger_queue="cometflux"),
+            CometFluxPredictionSensor(task_id="sensor", prediction_id="p1abc", trigger_queue="cometflux"),
+        ]
+
+        @task.cometflux(trigger_queue="cometflux")
+        def drawn() -> str:
+            return "a fox"
+
+        faces.append(drawn().operator)
+    assert [face.engine.trigger_queue for face in faces] == ["cometflux"] * 4
+    assert CometFluxPredictionOperator(task_id="plain", prompt="a fox").engine.trigger_queue is None
