@@ -299,18 +299,21 @@ class RequestBudget:
     * With no ceiling the budget starts unlimited (and at the ceiling with one) until the first 429.
     * A 429 pauses every request (:func:`refusal_pause`: its ``Retry-After``, with jitter). The first refusal of a
       request started under the pace in force also cuts it: to :attr:`CUT` (90%) of the answers the service
-      accepted in the second before the refused request started (when there were at least :attr:`MIN_SAMPLE` of
-      them: that count is its limit as seen), else to half the requests started then; and to at most :attr:`CUT`
-      of the pace in force. Refusals of requests started before that cut (already in flight) only extend the pause.
+      accepted in the second (ten buckets of :attr:`BUCKET`) up to the refused request's start (when there were at
+      least :attr:`MIN_SAMPLE` of them: that count is its limit as seen), else to half the requests started then;
+      and to at most :attr:`RATE_CUT` (85%) of the pace in force. Refusals of requests started before that cut
+      (already in flight) only extend the pause.
     * While answers come fast and due polls wait for the pace, the pace goes back up: exponentially while no limit
-      was seen or far below it, then by 5% of the limit seen per second up to 90% of it. From there:
+      was seen or far below it (:attr:`SLOW_START_GAIN`), then by 5% of the limit seen per second up to 90% of it
+      (:attr:`RETURN_GAIN`). From there:
 
       * with a ``ceiling`` (the connection's ``requests_per_minute``, split across its ``triggerers``) every budget
         adds the same, :attr:`SHARED_GAIN` of the ceiling per second: after each shared refusal the larger share
         is cut by more requests than the smaller, so the shares of several triggerers converge to equal;
-      * without one, it creeps by 0.5% of the limit seen per second up to it, then faster and faster (the gain
-        doubling every :attr:`DOUBLING_SECONDS` up to :attr:`MAX_GAIN`): the limit seen was this triggerer's share,
-        and when another triggerer of the account finishes, the rest it leaves is found in seconds.
+      * without one, it creeps by 0.5% of the limit seen per second (:attr:`CREEP_GAIN`: an additive probe, which
+        also finds a raised limit, or the rate another triggerer of the account left, again). A faster probe past
+        the limit seen was measured to do worse: the budget that meets no refusal keeps growing while the other is
+        cut.
 
     * The pace never exceeds ``ceiling`` (requests per second).
 
@@ -334,14 +337,13 @@ class RequestBudget:
     SLOW_START_GAIN = 0.35
     #: A cut keeps this share of what the service accepted (multiplicative decrease).
     CUT = 0.9
+    #: ... and keeps at most this share of the pace in force.
+    RATE_CUT = 0.85
     #: Below this share of the limit seen, the pace returns by :attr:`RETURN_GAIN` of it per second.
     NEAR = 0.9
     RETURN_GAIN = 0.05
-    #: Within :attr:`NEAR` of the limit seen, the pace creeps up by this share of it per second.
+    #: Within :attr:`NEAR` of the limit seen (and past it), the pace creeps up by this share of it per second.
     CREEP_GAIN = 0.005
-    #: Past the limit seen without a refusal, the creep doubles every this many seconds (up to :attr:`MAX_GAIN`).
-    DOUBLING_SECONDS = 1.0
-    MAX_GAIN = 0.5
     #: With a ceiling (the account's rate), every budget of the account adds the same: this share of it per second.
     SHARED_GAIN = 0.0025
 
@@ -356,7 +358,6 @@ class RequestBudget:
         self.limit_seen: float | None = None
         self._tat = -math.inf  # theoretical arrival time of the next request (GCRA)
         self._held_at = -math.inf
-        self._above_since: float | None = None
         size = 2 * self.WINDOW_BUCKETS
         # per bucket of start time: [bucket number, starts, accepted answers]
         self._buckets: list[list[int]] = [[-1, 0, 0] for _ in range(size)]
@@ -423,23 +424,16 @@ class RequestBudget:
         if seen is None or rate < 0.5 * seen:
             rate += self.SLOW_START_GAIN  # per answer: the pace grows exponentially
         else:
-            rate += self._gain(now, rate, seen) / rate  # per second: see _gain
+            rate += self._gain(rate, seen) / rate  # per second: see _gain
         self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
 
-    def _gain(self, now: float, rate: float, seen: float) -> float:
+    def _gain(self, rate: float, seen: float) -> float:
         """How fast the pace grows at ``rate`` (requests per second, per second), ``seen`` the limit last met."""
         if rate < self.NEAR * seen:
-            self._above_since = None
             return self.RETURN_GAIN * seen
         if self.ceiling is not None:
             return self.SHARED_GAIN * self.ceiling  # additive, the same for every budget of the account: fair
-        if rate <= seen:
-            self._above_since = None
-            return self.CREEP_GAIN * seen
-        if self._above_since is None:
-            self._above_since = now
-        doublings = min(16.0, (now - self._above_since) / self.DOUBLING_SECONDS)
-        return min(self.MAX_GAIN, self.CREEP_GAIN * 2**doublings) * seen
+        return self.CREEP_GAIN * seen
 
     def refused(self, now: float, started: float, epoch: int, retry_after: float | None) -> float:
         """
@@ -455,7 +449,6 @@ class RequestBudget:
         if epoch != self.epoch:
             return pause  # started before the last cut: already accounted for
         self.epoch += 1
-        self._above_since = None
         starts, accepted = self._counts_before(started)
         if accepted >= self.MIN_SAMPLE:  # what the service let through: a measure of its limit
             self.limit_seen = float(accepted)
@@ -464,7 +457,7 @@ class RequestBudget:
             self.limit_seen = None
             rate = 0.5 * starts
         if self.rate is not None:
-            rate = min(rate, self.CUT * self.rate)
+            rate = min(rate, self.RATE_CUT * self.rate)
         rate = max(self.MIN_RATE, rate)
         self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
         self._tat = self.pause.until

@@ -190,20 +190,16 @@ def test_budget_probes_up_only_while_requests_wait_for_it():
     assert 190.5 < budget.rate < 191.5
 
 
-def test_budget_past_the_limit_seen_probes_faster_and_faster():
-    """The rest of the account's rate freed (another triggerer done): found again in seconds, not minutes."""
+def test_budget_measures_what_was_accepted_over_one_second():
+    """The limit seen is the answers accepted in the second up to the refused request: not a tenth more."""
     budget = RequestBudget()
-    budget.rate, budget.limit_seen = 100.0, 100.0
-    now, gains = 0.0, []
-    for _ in range(8):
-        before = budget.rate
-        now = _held_second(budget, now, budget.rate)
-        gains.append(budget.rate - before)
-    assert all(later > earlier for earlier, later in itertools.pairwise(gains[1:]))  # it accelerates
-    assert budget.rate > 140  # 100 -> 140+ within 8 s (at 0.5% per second: 104)
-    epoch = budget.take(now)  # a refusal starts the careful creep again
-    budget.refused(now + 0.01, now, epoch, retry_after=1.0)
-    assert budget.limit_seen is not None and budget.rate == pytest.approx(0.9 * budget.limit_seen)
+    epoch = 0
+    for i in range(300):  # 100 requests a second for 3 s, every one accepted
+        t = i / 100
+        epoch = budget.take(t)
+        budget.answered(t + 0.002, t)
+    budget.refused(3.0, 2.995, epoch, retry_after=1.0)
+    assert budget.limit_seen == pytest.approx(100, abs=1)
 
 
 def test_budgets_sharing_a_ceiling_grow_alike_so_their_shares_converge():
