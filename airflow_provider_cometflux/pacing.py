@@ -312,8 +312,8 @@ class RequestBudget:
         is cut by more requests than the smaller, so the shares of several triggerers converge to equal;
       * without one, it creeps by 0.5% of the limit seen per second (:attr:`CREEP_GAIN`: an additive probe, which
         also finds a raised limit, or the rate another triggerer of the account left, again). A faster probe past
-        the limit seen was measured to do worse: the budget that meets no refusal keeps growing while the other is
-        cut.
+        the limit seen did worse in a model of two budgets under one limit of one-second windows: the budget that
+        met no refusal kept growing while the other was cut.
 
     * The pace never exceeds ``ceiling`` (requests per second).
 
