@@ -37,3 +37,18 @@ def check_count(name: str, value: object, *, low: int = 1, high: int | None = No
         span = f"{low}..{high}" if high is not None else f">= {low}"
         raise CometFluxInputError(f"{name}: {value!r} is not allowed; expected an integer {span}.")
     return value
+
+
+def check_queue(name: str, value: object) -> str | None:
+    """
+    :raises CometFluxInputError: when ``value`` is neither ``None`` nor a queue name (a non-empty string without
+        surrounding spaces, as ``airflow triggerer --queues`` takes it).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or value != value.strip() or "," in value:
+        raise CometFluxInputError(
+            f"{name}: {value!r} is not allowed; expected None or a queue name (non-empty, no spaces around it, "
+            "no comma)."
+        )
+    return value

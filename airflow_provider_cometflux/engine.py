@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_cometflux._compat import TRIGGER_ON_KILL
-from airflow_provider_cometflux.checks import check_count, check_seconds
+from airflow_provider_cometflux.checks import check_count, check_queue, check_seconds
 from airflow_provider_cometflux.completion import Outputs
 
 if TYPE_CHECKING:
@@ -49,6 +49,8 @@ class Engine:
     :param max_output_bytes: the largest image copied to ``output_path``.
     :param download_timeout: seconds the copy of one image may take.
     :param download_concurrency: predictions whose images are copied at once.
+    :param trigger_queue: the triggerer queue the task's triggers go to (Airflow 3.2+ with
+        ``[triggerer] queues_enabled``); ``None``: the task's own ``queue``, as Airflow does.
     :raises CometFluxInputError: when an argument is not allowed.
     """
 
@@ -59,8 +61,10 @@ class Engine:
         max_output_bytes: object,
         download_timeout: object,
         download_concurrency: object = 8,
+        trigger_queue: object = None,
     ) -> None:
         self.cometapi_conn_id = cometapi_conn_id
+        self.trigger_queue = check_queue("trigger_queue", trigger_queue)
         self.max_output_bytes = check_count("max_output_bytes", max_output_bytes)
         self.download_timeout = check_seconds("download_timeout", download_timeout)
         self.download_concurrency = check_count("download_concurrency", download_concurrency)
@@ -101,7 +105,15 @@ class Engine:
         )
 
     def defer(self, task: BaseOperator, trigger: BaseTrigger, end_time: float) -> NoReturn:
-        """Hand the wait to the triggerer; the task resumes in its ``execute_complete``."""
+        """
+        Hand the wait to the triggerer; the task resumes in its ``execute_complete``.
+
+        With queues enabled (``[triggerer] queues_enabled``, Airflow 3.2+) Airflow gives a deferring task's trigger
+        the task's ``queue``; a ``trigger_queue`` takes its place for this deferral only (the task already runs,
+        so its executor queue no longer matters), and only triggerers started with ``--queues`` naming it run it.
+        """
+        if self.trigger_queue is not None:
+            task.queue = self.trigger_queue
         task.defer(trigger=trigger, method_name="execute_complete", timeout=defer_timeout(end_time))
 
     def lineage(self, model: str, output_path: str | ObjectStoragePath | None, *, failed: bool) -> Any:

@@ -10,6 +10,8 @@ from airflow_provider_cometflux import __version__
 DEFAULT_BASE_URL = "https://api.cometapi.com"
 #: The connection extra holding the optional request ceiling.
 REQUESTS_PER_MINUTE = "requests_per_minute"
+#: The connection extra saying how many triggerers poll the account at once (they split the ceiling).
+TRIGGERERS = "triggerers"
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -68,14 +70,21 @@ def get_provider_info() -> dict[str, Any]:
                     "relabeling": {"password": "API key", "host": "Base URL"},
                     "placeholders": {"host": DEFAULT_BASE_URL, "password": "sk-..."},
                 },
-                # The key and the base URL live in standard fields; ``extra`` holds only the optional ceiling.
+                # The key and the base URL live in standard fields; ``extra`` holds only the optional ceiling
+                # and how many triggerers share it.
                 "conn-fields": {
                     REQUESTS_PER_MINUTE: {
                         "label": "Requests per minute",
                         "description": "Optional: the most requests per minute this account may make (polls of "
                         "every trigger on one triggerer share it). Leave empty to adapt to the service's 429s.",
                         "schema": {"type": ["integer", "null"], "minimum": 1},
-                    }
+                    },
+                    TRIGGERERS: {
+                        "label": "Triggerers",
+                        "description": "Optional: how many triggerers run this account's triggers at once; each "
+                        "polls at most its share of Requests per minute. 1 when empty (one dedicated triggerer).",
+                        "schema": {"type": ["integer", "null"], "minimum": 1},
+                    },
                 },
             }
         ],

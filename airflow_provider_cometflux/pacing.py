@@ -292,17 +292,29 @@ class Pacer:
 class RequestBudget:
     """
     How fast the polls of one connection may start: a pace (or none), a :class:`Pause` after a 429, and their
-    adaptation.
+    adaptation. Each triggerer (each event loop) keeps its own; several of one account converge without talking to
+    each other, as TCP's senders of one link do: a refusal cuts the pace by a factor (multiplicative decrease), and
+    the pace grows back by addition.
 
     * With no ceiling the budget starts unlimited (and at the ceiling with one) until the first 429.
-    * A 429 pauses every request (:func:`refusal_pause`). The first refusal of a request started under the pace in
-      force also cuts it (multiplicative decrease): to 90% of the answers the service accepted in the second before
-      the refused request started (when there were at least :attr:`MIN_SAMPLE` of them: that count is its limit as
-      seen), else to half the requests started then; and to at most 85% of the pace in force. Refusals of requests
-      started before that cut (already in flight) only extend the pause.
+    * A 429 pauses every request (:func:`refusal_pause`: its ``Retry-After``, with jitter). The first refusal of a
+      request started under the pace in force also cuts it: to :attr:`CUT` (90%) of the answers the service
+      accepted in the second (ten buckets of :attr:`BUCKET`) up to the refused request's start (when there were at
+      least :attr:`MIN_SAMPLE` of them: that count is its limit as seen), else to half the requests started then;
+      and to at most :attr:`RATE_CUT` (85%) of the pace in force. Refusals of requests started before that cut
+      (already in flight) only extend the pause.
     * While answers come fast and due polls wait for the pace, the pace goes back up: exponentially while no limit
-      was seen or far below it, then by 5% of the limit seen per second, and by 0.5% per second once within 10%
-      of it (an additive probe, which also finds a raised limit again).
+      was seen or far below it (:attr:`SLOW_START_GAIN`), then by 5% of the limit seen per second up to 90% of it
+      (:attr:`RETURN_GAIN`). From there:
+
+      * with a ``ceiling`` (the connection's ``requests_per_minute``, split across its ``triggerers``) every budget
+        adds the same, :attr:`SHARED_GAIN` of the ceiling per second: after each shared refusal the larger share
+        is cut by more requests than the smaller, so the shares of several triggerers converge to equal;
+      * without one, it creeps by 0.5% of the limit seen per second (:attr:`CREEP_GAIN`: an additive probe, which
+        also finds a raised limit, or the rate another triggerer of the account left, again). A faster probe past
+        the limit seen did worse in a model of two budgets under one limit of one-second windows: the budget that
+        met no refusal kept growing while the other was cut.
+
     * The pace never exceeds ``ceiling`` (requests per second).
 
     Requests are admitted with a small burst tolerance (:attr:`BURST_SECONDS` ahead of the pace).
@@ -323,6 +335,17 @@ class RequestBudget:
     MIN_SAMPLE = 10
     #: Far below any limit seen, each fast answer raises the pace by this much (it doubles about every 2 s).
     SLOW_START_GAIN = 0.35
+    #: A cut keeps this share of what the service accepted (multiplicative decrease).
+    CUT = 0.9
+    #: ... and keeps at most this share of the pace in force.
+    RATE_CUT = 0.85
+    #: Below this share of the limit seen, the pace returns by :attr:`RETURN_GAIN` of it per second.
+    NEAR = 0.9
+    RETURN_GAIN = 0.05
+    #: Within :attr:`NEAR` of the limit seen (and past it), the pace creeps up by this share of it per second.
+    CREEP_GAIN = 0.005
+    #: With a ceiling (the account's rate), every budget of the account adds the same: this share of it per second.
+    SHARED_GAIN = 0.0025
 
     def __init__(self, ceiling: float | None = None) -> None:
         self.ceiling = ceiling
@@ -361,7 +384,7 @@ class RequestBudget:
         last = int(started / self.BUCKET)
         starts = accepted = 0
         for number, s, a in self._buckets:
-            if last - self.WINDOW_BUCKETS <= number <= last:
+            if last - self.WINDOW_BUCKETS < number <= last:
                 starts += s
                 accepted += a
         return starts, accepted
@@ -400,9 +423,17 @@ class RequestBudget:
         seen = self.limit_seen
         if seen is None or rate < 0.5 * seen:
             rate += self.SLOW_START_GAIN  # per answer: the pace grows exponentially
-        else:  # per second: 5% of the rate last refused, and 0.5% once within 10% of it
-            rate += (0.05 if rate < 0.9 * seen else 0.005) * seen / rate
+        else:
+            rate += self._gain(rate, seen) / rate  # per second: see _gain
         self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
+
+    def _gain(self, rate: float, seen: float) -> float:
+        """How fast the pace grows at ``rate`` (requests per second, per second), ``seen`` the limit last met."""
+        if rate < self.NEAR * seen:
+            return self.RETURN_GAIN * seen
+        if self.ceiling is not None:
+            return self.SHARED_GAIN * self.ceiling  # additive, the same for every budget of the account: fair
+        return self.CREEP_GAIN * seen
 
     def refused(self, now: float, started: float, epoch: int, retry_after: float | None) -> float:
         """
@@ -421,12 +452,12 @@ class RequestBudget:
         starts, accepted = self._counts_before(started)
         if accepted >= self.MIN_SAMPLE:  # what the service let through: a measure of its limit
             self.limit_seen = float(accepted)
-            rate = 0.9 * accepted
+            rate = self.CUT * accepted
         else:  # too few answers to say (a stray 429, or a budget spent for a while): start slow, find it again
             self.limit_seen = None
             rate = 0.5 * starts
         if self.rate is not None:
-            rate = min(rate, 0.85 * self.rate)
+            rate = min(rate, self.RATE_CUT * self.rate)
         rate = max(self.MIN_RATE, rate)
         self.rate = rate if self.ceiling is None else min(rate, self.ceiling)
         self._tat = self.pause.until

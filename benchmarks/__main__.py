@@ -1,5 +1,5 @@
 """
-Run every benchmark in turn: ``python -m benchmarks`` (about 20 minutes on 2 cores), or ``--quick`` (a few
+Run every benchmark in turn: ``python -m benchmarks`` (about 45 minutes on 2 cores), or ``--quick`` (a few
 minutes: smaller N and batches, the same code paths).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import bench_batch, bench_import, bench_triggers, bench_worker_slots
+from benchmarks import bench_accounts, bench_batch, bench_import, bench_triggers, bench_worker_slots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     bench_worker_slots.main(["--long", "15"] if args.quick else [])
     print("\n## (d) a batch under the rate limit\n", flush=True)
     bench_batch.main(["--prompts", "200"] if args.quick else [])
+    print("\n## (e) one account, several triggerers\n", flush=True)
+    if args.quick:
+        bench_accounts.main(["--runs", "1"])
+    else:
+        bench_accounts.main(["--runs", "3"])
+        bench_accounts.main(["--n", "2500", "--rps", "100", "--runs", "3"])
     return 0
 
 

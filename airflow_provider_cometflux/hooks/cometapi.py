@@ -24,7 +24,7 @@ from airflow_provider_cometflux.exceptions import (
     CometFluxInputError,
     PredictionMayExistError,
 )
-from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE
+from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE, TRIGGERERS
 from airflow_provider_cometflux.hooks.connection import (
     Credentials,
     close_async_session,
@@ -99,14 +99,19 @@ class CometAPIHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The optional request ceiling, for Airflow 3.0-3.1 (3.2+ read ``conn-fields`` from the provider info)."""
+        """The optional ceiling and its split, for Airflow 3.0-3.1 (3.2+ read the provider info's ``conn-fields``)."""
         from wtforms import IntegerField
         from wtforms.validators import NumberRange, Optional
 
         return {
             REQUESTS_PER_MINUTE: IntegerField(
                 "Requests per minute", validators=[Optional(), NumberRange(min=1)], description="Optional ceiling"
-            )
+            ),
+            TRIGGERERS: IntegerField(
+                "Triggerers",
+                validators=[Optional(), NumberRange(min=1)],
+                description="Optional: triggerers sharing the ceiling (1 when empty)",
+            ),
         }
 
     @classmethod
@@ -128,6 +133,10 @@ class CometAPIHook(BaseHook):
     async def arequests_per_minute(self) -> float | None:
         """Async :attr:`requests_per_minute`, read with the shared connection lookup of the event loop."""
         return (await self._aget_credentials()).requests_per_minute
+
+    async def apolls_per_minute(self) -> float | None:
+        """One triggerer's poll ceiling: ``requests_per_minute`` split across the connection's ``triggerers``."""
+        return (await self._aget_credentials()).polls_per_minute
 
     @cached_property
     def credentials(self) -> Credentials:

@@ -1,6 +1,7 @@
 """The ``cometapi`` connection as the hook reads it, and what the hooks of one event loop share.
 
-* :func:`credentials_from`: a connection's base URL, key and optional ``requests_per_minute`` ceiling, checked.
+* :func:`credentials_from`: a connection's base URL, key, optional ``requests_per_minute`` ceiling and the number of
+  ``triggerers`` that split it, checked.
 * :func:`read_credentials` (worker) and :func:`shared_credentials` (event loops): read a connection; on an event
   loop, every hook of one connection id shares one lookup for :data:`CREDENTIALS_TTL` seconds, so the thousands of
   triggers of a triggerer read a connection once (each lookup costs milliseconds, and a thousand at once stall the
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import BaseHook, amask_secret_function
 from airflow_provider_cometflux.exceptions import CometAPIConnectionConfigError
-from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE
+from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE, TRIGGERERS
 from airflow_provider_cometflux.hooks.transport import USER_AGENT
 
 if TYPE_CHECKING:
@@ -41,6 +42,13 @@ class Credentials:
     api_key: str = field(repr=False)
     #: the ceiling the user set on the connection (extra ``requests_per_minute``), if any
     requests_per_minute: float | None = None
+    #: how many triggerers poll the account at once (extra ``triggerers``): each keeps its share of the ceiling
+    triggerers: int = 1
+
+    @property
+    def polls_per_minute(self) -> float | None:
+        """The ceiling of one triggerer's polls: its share of ``requests_per_minute``, or ``None``."""
+        return None if self.requests_per_minute is None else self.requests_per_minute / self.triggerers
 
 
 def credentials_from(conn: Any, conn_id: str) -> Credentials:
@@ -65,19 +73,48 @@ def credentials_from(conn: Any, conn_id: str) -> Credentials:
         base_url = f"{conn.schema or 'https'}://{host}"
     if conn.port and "://" not in host:
         base_url = f"{base_url}:{conn.port}"
-    return Credentials(base_url=base_url, api_key=api_key, requests_per_minute=_ceiling_from(conn, conn_id))
+    return Credentials(
+        base_url=base_url,
+        api_key=api_key,
+        requests_per_minute=_ceiling_from(conn, conn_id),
+        triggerers=_triggerers_from(conn, conn_id),
+    )
 
 
-def _ceiling_from(conn: Any, conn_id: str) -> float | None:
-    """The connection's ``requests_per_minute`` extra: a number above 0, or ``None`` when unset."""
+def _extra(conn: Any, name: str) -> Any:
+    """One field of the connection's extra (``None`` when unset or empty)."""
     try:
         extra = conn.extra_dejson or {}
     except Exception:
         extra = {}
     value = None
     if isinstance(extra, Mapping):  # the form stores it plain (3.2+) or prefixed (older forms)
-        value = extra.get(REQUESTS_PER_MINUTE, extra.get(f"extra__{CONN_TYPE}__{REQUESTS_PER_MINUTE}"))
-    if value in (None, ""):
+        value = extra.get(name, extra.get(f"extra__{CONN_TYPE}__{name}"))
+    return None if value in (None, "") else value
+
+
+def _triggerers_from(conn: Any, conn_id: str) -> int:
+    """The connection's ``triggerers`` extra: an integer from 1, 1 when unset."""
+    value = _extra(conn, TRIGGERERS)
+    if value is None:
+        return 1
+    try:
+        number = float(value)
+        count = int(number) if number.is_integer() else 0
+    except (TypeError, ValueError, OverflowError):
+        count = 0
+    if isinstance(value, bool) or count < 1:
+        raise CometAPIConnectionConfigError(
+            f"Connection '{conn_id}': triggerers {value!r} is not allowed; expected an integer >= 1 (how many "
+            "triggerers run this account's triggers at once), or leave it empty for 1."
+        )
+    return count
+
+
+def _ceiling_from(conn: Any, conn_id: str) -> float | None:
+    """The connection's ``requests_per_minute`` extra: a number above 0, or ``None`` when unset."""
+    value = _extra(conn, REQUESTS_PER_MINUTE)
+    if value is None:
         return None
     try:
         ceiling = float(value)

@@ -45,6 +45,8 @@ class CometFluxBaseOperator(BaseOperator):
     :param unchecked_inputs: model inputs sent even when the provider's schema of the model refuses them (its
         rules are Replicate's as last checked, and the service may have changed since): each override is logged
         as a warning naming the input, the value and the rule overridden. The prompt is always checked.
+    :param trigger_queue: the triggerer queue of the task's triggers (Airflow 3.2+, ``[triggerer] queues_enabled``);
+        ``None``: the task's ``queue``, as Airflow does.
     """
 
     #: The task state store key holding this kind of task's prediction ids across attempts (Airflow 3.3+).
@@ -68,6 +70,7 @@ class CometFluxBaseOperator(BaseOperator):
         creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE,
         prefer_wait: int | None = None,
         unchecked_inputs: Sequence[str] = (),
+        trigger_queue: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -93,6 +96,7 @@ class CometFluxBaseOperator(BaseOperator):
             max_output_bytes=max_output_bytes,
             download_timeout=download_timeout,
             download_concurrency=download_concurrency,
+            trigger_queue=trigger_queue,
         )
         self._job: PredictionJob | None = None
 

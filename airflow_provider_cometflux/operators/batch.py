@@ -78,6 +78,9 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
     :param unchecked_inputs: model inputs sent even when the provider's schema of the model refuses them, for when
         the service changed after the schema was last checked: each override is logged as a warning naming the
         input, the value and the rule overridden (the prompt is always checked).
+    :param trigger_queue: the triggerer queue of the task's trigger (Airflow 3.2+ with ``[triggerer]
+        queues_enabled``: only a triggerer started with ``--queues`` naming it runs it); ``None``: the task's own
+        ``queue``, as Airflow does. See the README's "One account, several triggerers".
     """
 
     template_fields: Sequence[str] = ("prompts", "input", "model", "output_path")

@@ -37,6 +37,8 @@ class CometFluxPredictionSensor(BaseSensorOperator):
     :param timeout: seconds to wait before failing (the usual sensor ``timeout``); 600 by default.
     :param max_output_bytes: the largest image copied to ``output_path``.
     :param download_timeout: seconds the copy of one image may take.
+    :param trigger_queue: the triggerer queue of the sensor's trigger (Airflow 3.2+, ``[triggerer] queues_enabled``);
+        ``None``: the task's ``queue``, as Airflow does.
     """
 
     template_fields: Sequence[str] = ("prediction_id", "output_path")
@@ -54,6 +56,7 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         timeout: float = 600,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
         download_timeout: float = DOWNLOAD_TIMEOUT,
+        trigger_queue: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
@@ -61,7 +64,12 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         self.cometapi_conn_id = cometapi_conn_id
         self.output_path = output_path
         self.deferrable = deferrable
-        self.engine = Engine(cometapi_conn_id, max_output_bytes=max_output_bytes, download_timeout=download_timeout)
+        self.engine = Engine(
+            cometapi_conn_id,
+            max_output_bytes=max_output_bytes,
+            download_timeout=download_timeout,
+            trigger_queue=trigger_queue,
+        )
         #: The model, once a prediction told it (for OpenLineage: the sensor is not told the model).
         self.model = ""
         self._link_stored = False

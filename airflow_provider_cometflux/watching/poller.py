@@ -390,7 +390,7 @@ class SharedPoller:
     async def _dispatch(self) -> None:
         if "aiohttp" not in sys.modules:  # a fresh triggerer: import the HTTP client in a thread, not in the loop
             await asyncio.to_thread(importlib.import_module, "aiohttp")
-        ceiling = await self.hook.arequests_per_minute()
+        ceiling = await self.hook.apolls_per_minute()
         if ceiling is not None:
             self.budget = RequestBudget(ceiling / 60.0)
         loop = self.loop

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from airflow_provider_cometflux.checks import check_count, check_rate, check_seconds
+from airflow_provider_cometflux.checks import check_count, check_queue, check_rate, check_seconds
 from airflow_provider_cometflux.exceptions import AirflowFailException, CometFluxInputError
 
 
@@ -52,3 +52,11 @@ def test_a_count_in_its_span_is_returned():
 def test_a_bad_argument_fails_without_retries():
     with pytest.raises(AirflowFailException):
         check_count("download_concurrency", True)
+
+
+def test_a_queue_is_none_or_one_name():
+    assert check_queue("trigger_queue", None) is None
+    assert check_queue("trigger_queue", "cometflux") == "cometflux"
+    for bad in ("", " q", "a,b", 1):
+        with pytest.raises(CometFluxInputError, match=f"trigger_queue: {bad!r} is not allowed"):
+            check_queue("trigger_queue", bad)

@@ -164,8 +164,18 @@ def test_budget_paces_and_never_passes_the_ceiling():
     assert 99 <= starts <= 102
 
 
+def _held_second(budget: RequestBudget, now: float, rate: float) -> float:
+    """One second of answers at ``rate``, due requests waiting for the pace; returns the time after it."""
+    for _ in range(int(rate)):
+        budget.held_back(now)
+        budget.take(now)
+        budget.answered(now + 0.01, now)
+        now += 1 / rate
+    return now
+
+
 def test_budget_probes_up_only_while_requests_wait_for_it():
-    budget = RequestBudget(ceiling=1000.0)
+    budget = RequestBudget()
     budget.rate, budget.limit_seen = 100.0, 200.0
     now = 0.0
     for _ in range(100):  # one second of answers at the pace, nobody waiting
@@ -173,19 +183,44 @@ def test_budget_probes_up_only_while_requests_wait_for_it():
         budget.answered(now + 0.01, now)
         now += 0.01
     assert budget.rate == 100.0
-    for _ in range(100):  # a second in which the pace held requests back: + 5% of 200 per second
-        budget.held_back(now)
-        budget.take(now)
-        budget.answered(now + 0.01, now)
-        now += 0.01
+    now = _held_second(budget, now, 100)  # a second in which the pace held requests back: + 5% of 200 per second
     assert 108 < budget.rate < 112
     budget.rate = 190.0  # near the rate last refused: 0.5% of it per second
-    for _ in range(190):
-        budget.held_back(now)
-        budget.take(now)
-        budget.answered(now + 0.01, now)
-        now += 1 / 190
+    now = _held_second(budget, now, 190)
     assert 190.5 < budget.rate < 191.5
+
+
+def test_budget_measures_what_was_accepted_over_one_second():
+    """The limit seen is the answers accepted in the second up to the refused request: not a tenth more."""
+    budget = RequestBudget()
+    epoch = 0
+    for i in range(300):  # 100 requests a second for 3 s, every one accepted
+        t = i / 100
+        epoch = budget.take(t)
+        budget.answered(t + 0.002, t)
+    budget.refused(3.0, 2.995, epoch, retry_after=1.0)
+    assert budget.limit_seen == pytest.approx(100, abs=1)
+
+
+def test_budgets_sharing_a_ceiling_grow_alike_so_their_shares_converge():
+    """With the account's rate known, every budget adds the same requests per second: the smaller catches up."""
+    small, large = RequestBudget(ceiling=200.0), RequestBudget(ceiling=200.0)
+    small.rate, small.limit_seen = 50.0, 50.0
+    large.rate, large.limit_seen = 140.0, 140.0
+    now = 0.0
+    for _ in range(4):
+        now = max(_held_second(small, now, small.rate), _held_second(large, now, large.rate))
+    assert small.rate - 50.0 == pytest.approx(large.rate - 140.0, rel=0.05)  # additive: 0.25% of 200 per second
+    assert small.rate - 50.0 == pytest.approx(4 * 0.0025 * 200, rel=0.1)
+    # a shared refusal cuts each by the same factor: the gap shrinks (multiplicative decrease, additive increase)
+    gap = large.rate - small.rate
+    for budget in (small, large):
+        epoch = budget.take(now)
+        budget.refused(now + 0.01, now, epoch, retry_after=1.0)
+    assert large.rate - small.rate < gap
+    large.rate = 199.9
+    _held_second(large, now + 2, 199)
+    assert large.rate == 200.0  # never past the ceiling
 
 
 def test_budget_pause_without_retry_after_grows():

@@ -114,6 +114,7 @@ def test_connection_form_as_the_ui_receives_it():
     extra = meta.extra_fields or {}
     if not declares_forms_in_provider_info():
         return  # 3.0-3.1 build extra fields from the hook's wtforms widgets, which only their FAB UI renders
-    (name,) = extra  # the one extra field: the optional request ceiling
-    assert name.endswith("requests_per_minute")
-    assert "Requests per minute" in json.dumps(extra[name])
+    # the extra fields: the optional request ceiling, and how many triggerers split it
+    ceiling, triggerers = sorted(extra, key=lambda name: not name.endswith("requests_per_minute"))
+    assert ceiling.endswith("requests_per_minute") and triggerers.endswith("triggerers")
+    assert "Requests per minute" in json.dumps(extra[ceiling]) and "Triggerers" in json.dumps(extra[triggerers])

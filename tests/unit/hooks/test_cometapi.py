@@ -296,6 +296,34 @@ def test_the_request_ceiling_comes_from_the_connection(monkeypatch, extra, expec
     assert CometAPIHook().requests_per_minute == expected
 
 
+@pytest.mark.parametrize(
+    ("extra", "polls_per_minute"),
+    [
+        ({}, None),
+        ({"triggerers": 2}, None),
+        ({"requests_per_minute": 600}, 600.0),
+        ({"requests_per_minute": 600, "triggerers": 3}, 200.0),
+        ({"requests_per_minute": 600, "extra__cometapi__triggerers": "2"}, 300.0),
+        ({"requests_per_minute": 600, "triggerers": ""}, 600.0),
+    ],
+)
+async def test_each_triggerer_polls_at_its_share_of_the_ceiling(monkeypatch, extra, polls_per_minute):
+    conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    hook = CometAPIHook()
+    assert await hook.apolls_per_minute() == polls_per_minute
+    assert await hook.arequests_per_minute() == extra.get("requests_per_minute")  # creates keep the whole ceiling
+    await hook.aclose()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True])
+def test_a_bad_number_of_triggerers_is_a_clear_connection_error(monkeypatch, bad):
+    conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": {"triggerers": bad}}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    with pytest.raises(CometAPIConnectionConfigError, match=f"triggerers {bad!r} is not allowed; expected an integer"):
+        assert CometAPIHook().requests_per_minute is None
+
+
 @pytest.mark.parametrize("bad", [0, -5, "fast", "nan"])
 def test_a_bad_request_ceiling_is_a_clear_connection_error(monkeypatch, bad):
     conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": {"requests_per_minute": bad}}
