@@ -14,9 +14,10 @@ image each) and every item of ``input_images`` (a list). Each may be:
 
 A list holds at most as many images as the model's schema allows (:func:`~airflow_provider_cometflux.schema.
 most_images`, unless the input is in ``unchecked_inputs``), all inline images together at most
-:data:`MAX_INLINE_TOTAL_BYTES`, and the request body at most :data:`MAX_REQUEST_BYTES`, the size the simulator
-accepts. Every error names the field (``input.input_images.2`` for the third item), the value and what is allowed,
-and is raised before any request.
+:data:`~airflow_provider_cometflux.schema.MAX_INLINE_TOTAL_BYTES`, and the request body at most
+:data:`~airflow_provider_cometflux.schema.MAX_REQUEST_BYTES`, the size the simulator accepts. Every error names
+the field (``input.input_images.2`` for the third item), the value and what is allowed, and is raised before any
+request.
 """
 
 from __future__ import annotations
@@ -36,14 +37,6 @@ log = logging.getLogger(__name__)
 
 #: The largest file sent inline for one image by default (the operator's ``max_input_image_bytes``).
 MAX_INPUT_IMAGE_BYTES = 10 * 1024 * 1024
-#: The most bytes of images one request sends inline, all its images together (FLUX.2 flex takes "up to ten
-#: reference photos (14 MB total)").
-MAX_INLINE_TOTAL_BYTES = 14 * 1024 * 1024
-#: Room in a create's body for everything but the inline images (the prompt, the other inputs, the JSON).
-REQUEST_ROOM_BYTES = 1024 * 1024
-#: The largest create body the provider sends: :data:`MAX_INLINE_TOTAL_BYTES` in base64 and the room above. The
-#: simulator accepts exactly this much (and answers 413 above it).
-MAX_REQUEST_BYTES = 4 * -(-MAX_INLINE_TOTAL_BYTES // 3) + REQUEST_ROOM_BYTES
 
 #: The image types the service reads, by their first bytes.
 IMAGE_TYPES = ("jpeg", "png", "gif", "webp")
@@ -119,12 +112,13 @@ def check_request_size(payload: Mapping[str, Any], *, where: str = "input") -> N
     """
     :param payload: a create's whole model input, images inlined.
     :param where: what to name in the error.
-    :raises CometFluxInputError: when its body would be over :data:`MAX_REQUEST_BYTES`.
+    :raises CometFluxInputError: when its body would be over
+        :data:`~airflow_provider_cometflux.schema.MAX_REQUEST_BYTES`.
     """
     size = len(json.dumps({"input": payload}, separators=(",", ":")).encode())
-    if size > MAX_REQUEST_BYTES:
+    if size > schema.MAX_REQUEST_BYTES:
         raise CometFluxInputError(
-            f"{where}: the request would be {size} bytes; a create may be at most {MAX_REQUEST_BYTES} bytes. "
+            f"{where}: the request would be {size} bytes; a create may be at most {schema.MAX_REQUEST_BYTES} bytes. "
             "Pass large images as https URLs instead of inline."
         )
 
@@ -137,10 +131,11 @@ class _Total:
 
     def add(self, field: str, shown: str, size: int) -> None:
         self.bytes += size
-        if self.bytes > MAX_INLINE_TOTAL_BYTES:
+        if self.bytes > schema.MAX_INLINE_TOTAL_BYTES:
             raise CometFluxInputError(
                 f"{field}: {shown} brings the images sent inline to {self.bytes} bytes; all of a request's inline "
-                f"images together may be at most {MAX_INLINE_TOTAL_BYTES} bytes. Pass some as https URLs instead."
+                f"images together may be at most {schema.MAX_INLINE_TOTAL_BYTES} bytes. Pass some as https URLs "
+                "instead."
             )
 
 

@@ -22,6 +22,15 @@ from typing import Any
 OUTPUT_URI = "uri"
 OUTPUT_URI_LIST = "uri_list"
 
+#: The most bytes of images one create sends inline, all its images together (FLUX.2 flex takes "up to ten
+#: reference photos (14 MB total)").
+MAX_INLINE_TOTAL_BYTES = 14 * 1024 * 1024
+#: Room in a create's body for everything but the inline images (the prompt, the other inputs, the JSON).
+REQUEST_ROOM_BYTES = 1024 * 1024
+#: The largest create body the provider sends: :data:`MAX_INLINE_TOTAL_BYTES` in base64 and the room above. The
+#: simulator accepts exactly this much (413 above it).
+MAX_REQUEST_BYTES = 4 * -(-MAX_INLINE_TOTAL_BYTES // 3) + REQUEST_ROOM_BYTES
+
 #: Kinds of :class:`Problem`.
 REQUIRED = "required"
 TYPE = "type"
@@ -580,12 +589,15 @@ __all__ = [
     "LIMIT",
     "LIST_OUTPUT_MODELS",
     "MAXIMUM",
+    "MAX_INLINE_TOTAL_BYTES",
     "MAX_ITEMS",
+    "MAX_REQUEST_BYTES",
     "MINIMUM",
     "MODELS",
     "NEEDS",
     "OUTPUT_URI",
     "OUTPUT_URI_LIST",
+    "REQUEST_ROOM_BYTES",
     "REQUIRED",
     "TYPE",
     "URI",

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from airflow_provider_cometflux import inputs
+from airflow_provider_cometflux import schema
 from airflow_provider_cometflux.exceptions import CometFluxInputError
 from airflow_provider_cometflux.inputs import check_request_size, inline_images, sniff
 from airflow_provider_cometflux.storage import as_storage_path
@@ -122,7 +122,7 @@ def test_one_image_over_max_bytes(tmp_path):
 
 
 def test_all_inline_images_together_are_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr(inputs, "MAX_INLINE_TOTAL_BYTES", 40)
+    monkeypatch.setattr(schema, "MAX_INLINE_TOTAL_BYTES", 40)
     (tmp_path / "a.png").write_bytes(PNG)  # 16 bytes
     with pytest.raises(CometFluxInputError, match=r"^input\.input_images\.2: .* brings the images sent inline to 48"):
         inline_images(PRO, {"input_images": [str(tmp_path / "a.png")] * 3})
@@ -131,8 +131,8 @@ def test_all_inline_images_together_are_bounded(tmp_path, monkeypatch):
 def test_the_request_size_bound_is_what_the_simulator_accepts():
     from airflow_provider_cometflux.testing.simulator.app import CometAPISimulator
 
-    assert CometAPISimulator().max_request_bytes == inputs.MAX_REQUEST_BYTES
-    most = {"prompt": "p", "input_images": ["data:image/png;base64," + "A" * (inputs.MAX_REQUEST_BYTES // 2)] * 2}
+    assert CometAPISimulator().max_request_bytes == schema.MAX_REQUEST_BYTES
+    most = {"prompt": "p", "input_images": ["data:image/png;base64," + "A" * (schema.MAX_REQUEST_BYTES // 2)] * 2}
     with pytest.raises(CometFluxInputError, match=r"^input: the request would be \d+ bytes; a create may be at most"):
         check_request_size(most)
     check_request_size({"prompt": "p", "input_images": ["data:image/png;base64," + "A" * 1000]})

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from airflow_provider_cometflux.inputs import MAX_REQUEST_BYTES
+from airflow_provider_cometflux.schema import MAX_REQUEST_BYTES
 from airflow_provider_cometflux.testing.simulator.faults import (
     HUGE_SIZE,
     RULE_FIELDS,
