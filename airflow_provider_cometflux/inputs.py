@@ -27,7 +27,7 @@ import json
 import logging
 import os
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from airflow_provider_cometflux import schema
 from airflow_provider_cometflux.exceptions import CometFluxInputError
@@ -59,7 +59,7 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def has_images(model_input: Any) -> bool:
+def has_images(model_input: Any) -> TypeGuard[Mapping[str, Any]]:
     """:return: whether a model input names any image input (and so may need :func:`inline_images`)."""
     return isinstance(model_input, Mapping) and any(
         name in model_input for name in (*schema.IMAGE_INPUTS, *schema.IMAGE_LIST_INPUTS)
