@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_cometflux.schema import MAX_REQUEST_BYTES
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
 from airflow_provider_cometflux.testing.simulator.lifecycle import ALL_FILTERED_MESSAGE
-from tests.unit.testing.conftest import DEV, KEY, SCHNELL, finished, get_prediction, post_create
+from tests.unit.testing.conftest import DEV, KEY, SCHNELL, decode, finished, get_prediction, post_create
 
 FLUX2_PRO = "black-forest-labs/flux-2-pro"
 
@@ -143,3 +143,20 @@ def test_the_command_line_says_so_too(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "PIL", None)
     assert main(["--port", "0"]) == 1
     assert "Pillow, which is not installed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("inputs", "size"),
+    [
+        ({"aspect_ratio": "16:9", "resolution": "4 MP"}, (2048, 1168)),  # 4 MP, but at most 2048 a side
+        ({"aspect_ratio": "1:1", "resolution": "0.5 MP"}, (720, 720)),
+        ({"aspect_ratio": "3:2"}, (1216, 832)),  # 1 MP by default
+        ({"aspect_ratio": "custom", "width": 1010, "height": 700, "resolution": "4 MP"}, (1008, 704)),  # ignored
+    ],
+)
+def test_flux2_images_follow_resolution_and_aspect_ratio(strict_sim, inputs, size):
+    import requests
+
+    pid = post_create(strict_sim, FLUX2_PRO, prompt="p", output_format="png", **inputs).json()["id"]
+    url = finished(strict_sim, pid)["output"]
+    assert decode(requests.get(url, timeout=30).content) == ("PNG", size)
