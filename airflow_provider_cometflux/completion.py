@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux.contract import (
     FAILURE_FIELDS,
+    METRIC_IMAGES_ASKED,
+    METRIC_IMAGES_RETURNED,
     XCOM_FAILURES,
     XCOM_IMAGES,
     XCOM_PREDICTION,
@@ -137,6 +139,7 @@ def finish_prediction(
     if request_input is not None:
         record["input"] = recordable(request_input)
     urls = prediction.require_outputs()
+    _count_images(record, urls)
     folder = outputs.output_path
     if folder is None or folder == "":
         return Finished(record, urls)
@@ -162,6 +165,27 @@ def finish_prediction(
     except Exception as exc:  # the store refused (permissions, a full disk, a missing bucket...)
         raise storage_failed(prediction.id, folder, urls, exc) from exc
     return finished
+
+
+def _count_images(record: dict[str, Any], urls: Sequence[str]) -> None:
+    """Add to the record's metrics how many images were asked for and how many came back; log a shortfall."""
+    model_input = record.get("input")
+    asked = model_input.get("num_outputs") if isinstance(model_input, Mapping) else None
+    asked = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else 1
+    metrics = record.get("metrics")
+    record["metrics"] = {
+        **(metrics if isinstance(metrics, Mapping) else {}),
+        METRIC_IMAGES_ASKED: asked,
+        METRIC_IMAGES_RETURNED: len(urls),
+    }
+    if len(urls) < asked:
+        log.warning(
+            "Prediction %s returned %d of the %d images asked for (the model's safety checker drops the images it "
+            "finds unsafe); keeping those it returned.",
+            record.get("id"),
+            len(urls),
+            asked,
+        )
 
 
 def storage_failed(prediction_id: str, folder: object, urls: Sequence[str], exc: BaseException) -> OutputStorageError:

@@ -124,6 +124,11 @@ KNOWN_FORMATS = frozenset({SIDECAR_FORMAT})
 SUCCEEDED = "succeeded"
 #: The fields of the prediction a sidecar copies as they are.
 SIDECAR_PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
+#: What the provider adds to a prediction's ``metrics`` (XCom ``prediction``, sidecars, manifests): how many images
+#: were asked for (``num_outputs``, else 1) and how many came back (flux-schnell and flux-dev's safety checker drops
+#: unsafe ones; a shorter list is still a success).
+METRIC_IMAGES_ASKED = "images_asked"
+METRIC_IMAGES_RETURNED = "images_returned"
 #: Every field of a sidecar.
 SIDECAR_FIELDS = ("format", "prediction_id", *SIDECAR_PREDICTION_FIELDS, "error", "metrics", "input", "images")
 #: One image of a sidecar or a manifest line.

@@ -6,6 +6,7 @@ Pure data handling: nothing here speaks HTTP or touches Airflow, so it is cheap 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -319,6 +320,7 @@ def input_problem_message(problem: schema.Problem, model_schema: schema.ModelSch
     :return: the message naming the field, the bad value and what is allowed.
     """
     rule = problem.rule
+    problem = dataclasses.replace(problem, value=_public(problem.value))  # an inline image as its size and digest
     if isinstance(rule, schema.Needs):
         needed = " and ".join(f"input.{name} ({model_schema.inputs[name].describe()})" for name in rule.needs)
         return f"{problem.where}: {problem.value!r} needs {needed}; give them, or another {problem.field}."
@@ -332,20 +334,25 @@ def input_problem_message(problem: schema.Problem, model_schema: schema.ModelSch
 
 def public_input(model_input: Mapping[str, Any] | None) -> dict[str, Any]:
     """
-    The model input as it may be kept downstream (XCom, sidecars, the UI): every inline image (a ``data:`` URI)
-    is replaced by ``{"data_uri": True, "bytes": N, "sha256": "..."}``; nothing else of the input is secret.
+    The model input as it may be kept downstream (XCom, events, sidecars, manifests, OpenLineage, the UI): every
+    inline image (a ``data:`` URI), a single input's or each item of a list (``input_images``), however deeply
+    nested, is replaced by ``{"data_uri": True, "bytes": N, "sha256": "..."}``; nothing else of the input is secret.
 
     :param model_input: the input sent to the service.
     """
-    out: dict[str, Any] = {}
-    for key, value in (model_input or {}).items():
-        if isinstance(value, str) and value.startswith("data:"):
-            payload = value.partition(",")[2].encode()
-            try:
-                raw = base64.b64decode(payload, validate=False)
-            except ValueError:
-                raw = payload
-            out[key] = {"data_uri": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-        else:
-            out[key] = value
-    return out
+    return {str(key): _public(value) for key, value in (model_input or {}).items()}
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith("data:"):
+        payload = value.partition(",")[2].encode()
+        try:
+            raw = base64.b64decode(payload, validate=False)
+        except ValueError:
+            raw = payload
+        return {"data_uri": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    if isinstance(value, Mapping):
+        return {str(key): _public(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_public(item) for item in value]
+    return value

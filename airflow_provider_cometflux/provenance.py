@@ -476,7 +476,7 @@ def _manifest_order(name: str) -> int | None:
 
 def _record_input(raw_input: Mapping[str, Any]) -> dict[str, Any]:
     """The input as records keep it: inline images as size and sha256, secrets as ``***``."""
-    return _redact(_scrub(public_input(raw_input)))
+    return _redact(public_input(raw_input))
 
 
 def _check_format(data: Mapping[str, Any], what: str) -> str:
@@ -489,17 +489,6 @@ def _check_format(data: Mapping[str, Any], what: str) -> str:
         f"{what}: format {str(fmt)[:80]!r} is not one this provider reads ({', '.join(sorted(KNOWN_FORMATS))}); "
         "a newer provider may have written it"
     )
-
-
-def _scrub(value: Any) -> Any:
-    """Replace every ``data:`` URI, however deeply nested, by its size and sha256 (as :func:`public_input` does)."""
-    if isinstance(value, str) and value.startswith("data:"):
-        return public_input({"value": value})["value"]
-    if isinstance(value, Mapping):
-        return {str(key): _scrub(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_scrub(item) for item in value]
-    return value
 
 
 def _redact(value: dict[str, Any]) -> dict[str, Any]:

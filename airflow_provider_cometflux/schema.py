@@ -22,6 +22,15 @@ from typing import Any
 OUTPUT_URI = "uri"
 OUTPUT_URI_LIST = "uri_list"
 
+#: The most bytes of images one create sends inline, all its images together (FLUX.2 flex takes "up to ten
+#: reference photos (14 MB total)").
+MAX_INLINE_TOTAL_BYTES = 14 * 1024 * 1024
+#: Room in a create's body for everything but the inline images (the prompt, the other inputs, the JSON).
+REQUEST_ROOM_BYTES = 1024 * 1024
+#: The largest create body the provider sends: :data:`MAX_INLINE_TOTAL_BYTES` in base64 and the room above. The
+#: simulator accepts exactly this much (413 above it).
+MAX_REQUEST_BYTES = 4 * -(-MAX_INLINE_TOTAL_BYTES // 3) + REQUEST_ROOM_BYTES
+
 #: Kinds of :class:`Problem`.
 REQUIRED = "required"
 TYPE = "type"
@@ -203,6 +212,7 @@ _STRING = Input("string")
 _INTEGER = Input("integer")
 _BOOLEAN = Input("boolean")
 _IMAGE = Input("string", format=URI)
+_IMAGE_LIST = Input("array", items=_IMAGE)
 _QUALITY = Input("integer", minimum=0, maximum=100)
 _SIDE_1440 = Input("integer", minimum=256, maximum=1440, step=32)
 _SIDE_2048 = Input("integer", minimum=256, maximum=2048, step=16)
@@ -427,6 +437,28 @@ MODELS: dict[str, ModelSchema] = {
 IMAGE_INPUTS: tuple[str, ...] = tuple(
     sorted({name for model in MODELS.values() for name, rule in model.inputs.items() if rule.format == URI})
 )
+#: Every input that carries a list of images (FLUX.2's ``input_images``), each an http(s) URL or a data URI.
+IMAGE_LIST_INPUTS: tuple[str, ...] = tuple(
+    sorted(
+        {
+            name
+            for model in MODELS.values()
+            for name, rule in model.inputs.items()
+            if rule.items is not None and rule.items.format == URI
+        }
+    )
+)
+
+
+def most_images(model: str, name: str) -> int | None:
+    """
+    :param model: ``owner/name``.
+    :param name: an image list input (:data:`IMAGE_LIST_INPUTS`).
+    :return: how many images the model takes in it; ``None`` when its schema sets no limit (or does not know it).
+    """
+    table = MODELS.get(model)
+    rule = table.inputs.get(name) if table is not None else None
+    return rule.max_items if rule is not None else None
 
 
 # -------------------------------------------------------------------------------------------------- checking
@@ -485,6 +517,24 @@ def problems(model: str, model_input: Mapping[str, Any]) -> list[Problem]:
     return found
 
 
+def image_problems(model_input: Mapping[str, Any]) -> list[Problem]:
+    """
+    Check only the image inputs, whatever the model: the service reads an image as an http(s) URL or a ``data:``
+    URI, never a path of the caller's (what a model outside :data:`MODELS` is still checked for).
+
+    :param model_input: the model inputs.
+    :return: a :data:`FORMAT` (or :data:`TYPE`) problem per image input or item that is neither.
+    """
+    found: list[Problem] = []
+    for name in IMAGE_INPUTS:
+        if name in model_input:
+            found.extend(_check(name, _IMAGE, model_input[name]))
+    for name in IMAGE_LIST_INPUTS:
+        if name in model_input:
+            found.extend(_check(name, _IMAGE_LIST, model_input[name]))
+    return found
+
+
 def ignored(model: str, model_input: Mapping[str, Any]) -> list[str]:
     """
     :param model: ``owner/name``.
@@ -535,15 +585,19 @@ __all__ = [
     "ENUM",
     "FORMAT",
     "IMAGE_INPUTS",
+    "IMAGE_LIST_INPUTS",
     "LIMIT",
     "LIST_OUTPUT_MODELS",
     "MAXIMUM",
+    "MAX_INLINE_TOTAL_BYTES",
     "MAX_ITEMS",
+    "MAX_REQUEST_BYTES",
     "MINIMUM",
     "MODELS",
     "NEEDS",
     "OUTPUT_URI",
     "OUTPUT_URI_LIST",
+    "REQUEST_ROOM_BYTES",
     "REQUIRED",
     "TYPE",
     "URI",
@@ -555,7 +609,9 @@ __all__ = [
     "Problem",
     "default_output_format",
     "ignored",
+    "image_problems",
     "json_type",
+    "most_images",
     "problems",
     "type_matches",
 ]

@@ -8,20 +8,17 @@ the remote side.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import os
 import pathlib
 import uuid
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux.contract import EXTENSIONS, FORMATS, UNKNOWN_EXTENSION, stored_image_stem
 from airflow_provider_cometflux.exceptions import CometAPIError, CometFluxInputError
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
-from airflow_provider_cometflux.models import IMAGE_INPUTS, safe_text
+from airflow_provider_cometflux.models import safe_text
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -264,52 +261,3 @@ def _extension(content_type: str, output: _Output) -> str:
 def images_metadata(images: list[StoredImage]) -> list[dict[str, Any]]:
     """The XCom ``images`` value: ``[{uri, source_url, sha256, bytes, content_type}, ...]``."""
     return [asdict(image) for image in images]
-
-
-#: File suffix -> MIME type of the input images that can be sent inline.
-INPUT_IMAGE_TYPES = {
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".webp": "image/webp",
-    ".gif": "image/gif",
-}
-
-
-def inline_input_images(model_input: Mapping[str, Any], *, max_bytes: int) -> dict[str, Any]:
-    """
-    Replace image inputs that are local paths or ObjectStoragePaths by data URIs; URLs pass through unchanged.
-
-    :param model_input: the model inputs.
-    :param max_bytes: the largest file sent inline.
-    :return: a copy of ``model_input`` with the image inputs inlined.
-    :raises CometFluxInputError: for a missing file, one over ``max_bytes``, or a type that is not an image.
-    """
-    from airflow.sdk import ObjectStoragePath
-
-    out = dict(model_input)
-    for key in IMAGE_INPUTS:
-        value = out.get(key)
-        if value is None or (isinstance(value, str) and value.startswith(("http://", "https://", "data:"))):
-            continue
-        if not isinstance(value, (str, os.PathLike, ObjectStoragePath)) or str(value) == "":
-            raise CometFluxInputError(
-                f"input.{key}: {value!r} is not allowed; expected an http(s) URL, a data: URI, a local path "
-                "or an ObjectStoragePath."
-            )
-        path = as_storage_path(value if isinstance(value, ObjectStoragePath) else os.fspath(value))
-        mime = INPUT_IMAGE_TYPES.get(pathlib.PurePosixPath(path.path).suffix.lower())
-        if mime is None:
-            allowed = ", ".join(sorted(INPUT_IMAGE_TYPES))
-            raise CometFluxInputError(f"input.{key}: {value!r} is not allowed; expected an image file ({allowed}).")
-        if not path.exists():
-            raise CometFluxInputError(f"input.{key}: {value!r} does not exist.")
-        size = int(path.stat()["size"])
-        if size > max_bytes:
-            raise CometFluxInputError(
-                f"input.{key}: {value!r} is {size} bytes; images sent inline may be at most {max_bytes} bytes "
-                "(max_input_image_bytes): pass a smaller file or an https URL instead."
-            )
-        out[key] = f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
-        log.info("Sending input.%s inline from %s (%d bytes).", key, path, size)
-    return out

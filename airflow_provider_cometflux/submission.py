@@ -113,7 +113,14 @@ async def submit(
             fatal.append(exc)
             result.errors[index] = _as_api_error(exc)
         except CometAPIError as exc:
-            result.errors[index] = exc
+            if exc.http_status == 429 and (deadline is None or time.time() < deadline):
+                # refused, so nothing was made or paid for: the prompt waits its turn again, after the pause (a
+                # spent limit without Retry-After resets only after ~30 s, longer than the hook's own retries)
+                pause = pacer.limited(exc.retry_after)
+                log.warning("Creates are still refused (429); prompt %d is tried again in %.1fs.", index, pause)
+                todo.append(index)
+            else:
+                result.errors[index] = exc
         else:
             pacer.answered()
             result.ids[index] = pid
@@ -130,7 +137,12 @@ async def submit(
             fatal.append(exc)
     tasks: set[asyncio.Task[None]] = set()
     try:
-        while todo and not fatal:
+        while not fatal:
+            if not todo:  # every prompt is sent; one refused with a 429 comes back here
+                if not tasks:
+                    break
+                await asyncio.wait(set(tasks), return_when=asyncio.FIRST_COMPLETED)
+                continue
             if deadline is not None and time.time() >= deadline:
                 break
             await pacer.wait()

@@ -24,10 +24,9 @@ from airflow_provider_cometflux.hooks.transport import (
     Answer,
     Retrier,
     iter_sync_body,
-    service_error,
 )
 from airflow_provider_cometflux.models import safe_text
-from airflow_provider_cometflux.pacing import RetryPolicy
+from airflow_provider_cometflux.pacing import RetryPolicy, is_retryable_status, parse_retry_after
 
 
 @dataclass(frozen=True)
@@ -111,11 +110,16 @@ def _download_once(
                     http_status=resp.status_code,
                     prediction_id=prediction_id,
                 )
-            if resp.status_code >= 300:
-                answer = service_error(
-                    resp.status_code, resp.raw.read(1000), resp.headers.get("Content-Type", ""), prediction_id
+            if resp.status_code >= 300:  # a delivery host's failure, whatever its body: a failed download
+                status = resp.status_code
+                raise CometAPIError(
+                    f"download of {shown} failed: the delivery host answered HTTP {status} "
+                    f"{safe_text(resp.reason or '', limit=80)}".rstrip(),
+                    http_status=status,
+                    prediction_id=prediction_id,
+                    transient=is_retryable_status(status),
+                    retry_after=parse_retry_after(resp.headers.get("Retry-After")),
                 )
-                raise answer.error or CometAPIError(f"HTTP {resp.status_code}", prediction_id=prediction_id)
             content_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
             declared = _content_length(resp.headers)
             if declared is not None and declared > max_bytes:

@@ -7,10 +7,12 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import conf
+from airflow_provider_cometflux.checks import check_count
 from airflow_provider_cometflux.completion import complete_batch
 from airflow_provider_cometflux.contract import XCOM_CREATE_ERRORS, XCOM_PREDICTION_IDS
 from airflow_provider_cometflux.events import batch_results
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
+from airflow_provider_cometflux.inputs import MAX_INPUT_IMAGE_BYTES, check_request_size, has_images, inline_images
 from airflow_provider_cometflux.job import DEFAULT_DEFER_AFTER
 from airflow_provider_cometflux.models import DEFAULT_MODEL, build_input, split_model, validate_input
 from airflow_provider_cometflux.operators.base import CometFluxBaseOperator
@@ -75,6 +77,9 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
     :param download_concurrency: predictions whose images are copied to ``output_path`` at once.
     :param max_output_bytes: the largest image copied; a larger one fails its prompt, and nothing of it is kept.
     :param download_timeout: seconds the copy of one image may take.
+    :param max_input_image_bytes: the largest local or object-storage file sent inline for one image of the
+        shared ``input`` (``image``, ``image_prompt``, ``input_image``, each item of ``input_images``): read once,
+        in the worker, and sent with every prompt, as the prediction operator does.
     :param unchecked_inputs: model inputs sent even when the provider's schema of the model refuses them, for when
         the service changed after the schema was last checked: each override is logged as a warning naming the
         input, the value and the rule overridden (the prompt is always checked).
@@ -104,6 +109,7 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         download_concurrency: int = 8,
         max_output_bytes: int = MAX_OUTPUT_BYTES,
         download_timeout: float = DOWNLOAD_TIMEOUT,
+        max_input_image_bytes: int = MAX_INPUT_IMAGE_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -123,6 +129,7 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         )
         self.prompts = prompts
         self.fail_on_error = fail_on_error
+        self.max_input_image_bytes = check_count("max_input_image_bytes", max_input_image_bytes)
 
     # -- input -----------------------------------------------------------------------------------------------
 
@@ -146,19 +153,29 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         return list(prompts)
 
     def payloads(self) -> list[dict[str, Any]]:
-        """Every prompt's model input, each checked before any request is made."""
+        """Every prompt's model input, images inlined (read once, in the worker), each checked before any request."""
         from airflow_provider_cometflux.exceptions import CometFluxInputError
 
         split_model(self.model)
+        shared = self.input
+        if has_images(shared):
+            shared = inline_images(
+                self.model, shared, max_bytes=self.max_input_image_bytes, unchecked=self.unchecked_inputs
+            )
         payloads = []
         for index, prompt in enumerate(self._prompt_list()):
             try:
-                payload = build_input(prompt, self.input)
+                payload = build_input(prompt, shared)
                 validate_input(self.model, payload, unchecked=self.unchecked_inputs)
+                check_request_size(payload)
             except CometFluxInputError as exc:
                 raise CometFluxInputError(f"prompts[{index}]: {exc}") from None
             payloads.append(payload)
         return payloads
+
+    def _given_inputs(self) -> list[dict[str, Any]]:
+        """Every prompt's input as the task was given it (image paths as given): what its records keep."""
+        return [build_input(prompt, _as_given(self.input)) for prompt in self._prompt_list()]
 
     # -- the run ---------------------------------------------------------------------------------------------
 
@@ -190,7 +207,7 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         )
 
     def finish(self, context: Context, job: PredictionJob, events: list[dict[str, Any] | None]) -> list[list[str]]:
-        return self._complete(context, job.payloads, job.ids, events, _create_errors(job.submitted))
+        return self._complete(context, self._given_inputs(), job.ids, events, _create_errors(job.submitted))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[list[str]]:
         """
@@ -199,7 +216,7 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         :param context: the task's context.
         :param event: a batch event (:mod:`~airflow_provider_cometflux.events`) from the trigger.
         """
-        payloads = self.payloads()
+        payloads = self._given_inputs()  # no file is read again after the deferral
         results = batch_results(event, len(payloads))
         ti = context["ti"]
         errors = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_CREATE_ERRORS, map_indexes=ti.map_index)
@@ -228,6 +245,11 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
             fail_on_error=self.fail_on_error,
             model=self.model,
         )
+
+
+def _as_given(model_input: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The input made JSON-safe (a path object as its URI), as records keep it."""
+    return None if model_input is None else json.loads(json.dumps(dict(model_input), default=str))
 
 
 def _create_errors(submitted: Submitted | None) -> dict[str, str]:

@@ -10,9 +10,10 @@ from airflow_provider_cometflux.checks import check_count
 from airflow_provider_cometflux.completion import complete_one
 from airflow_provider_cometflux.contract import XCOM_PREDICTION_ID
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
+from airflow_provider_cometflux.inputs import MAX_INPUT_IMAGE_BYTES, check_request_size, has_images, inline_images
 from airflow_provider_cometflux.job import DEFAULT_DEFER_AFTER
 from airflow_provider_cometflux.links import CometAPIPredictionLink
-from airflow_provider_cometflux.models import DEFAULT_MODEL, IMAGE_INPUTS, build_input, split_model, validate_input
+from airflow_provider_cometflux.models import DEFAULT_MODEL, build_input, split_model, validate_input
 from airflow_provider_cometflux.operators.base import CometFluxBaseOperator
 
 if TYPE_CHECKING:
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
     from airflow_provider_cometflux.submission import Submitted
     from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 
-#: Largest file sent inline as a data URI for an image input (see ``max_input_image_bytes``).
-MAX_INPUT_IMAGE_BYTES = 10 * 1024 * 1024
 #: The task state store key holding this task's prediction across attempts (Airflow 3.3+).
 STATE_KEY = "cometflux_prediction"
 
@@ -62,8 +61,11 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
     :param defer_after: with ``deferrable=True``, first poll in the worker for up to this many seconds and defer
         only a prediction still running then: a fast model finishes in one worker run, without the round trip
         through the triggerer. ``0`` defers at once.
-    :param max_input_image_bytes: the largest local or object-storage file sent inline (as a data URI) for the
-        ``image``, ``image_prompt`` and ``input_image`` inputs.
+    :param max_input_image_bytes: the largest local or object-storage file sent inline (as a data URI) for one
+        image of the ``image``, ``image_prompt``, ``input_image`` and ``input_images`` inputs (all of a request's
+        inline images together: at most 14 MiB). Each of them may be an http(s) URL (sent as it is), a local path,
+        a ``file://`` or storage URI, or an upstream task's outputs (``input={"input_images": edit.output}``); see
+        :mod:`airflow_provider_cometflux.inputs`.
     :param max_output_bytes: the largest image copied to ``output_path``; a larger one fails the task, and
         nothing of it is kept.
     :param download_timeout: seconds the copy of one image may take.
@@ -134,12 +136,13 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         """The rendered, validated model input: every check runs before any request is made."""
         split_model(self.model)
         model_input = self.input
-        if isinstance(model_input, Mapping) and any(key in model_input for key in IMAGE_INPUTS):
-            from airflow_provider_cometflux.storage import inline_input_images
-
-            model_input = inline_input_images(model_input, max_bytes=self.max_input_image_bytes)
+        if has_images(model_input):  # read in the worker, before the create
+            model_input = inline_images(
+                self.model, model_input, max_bytes=self.max_input_image_bytes, unchecked=self.unchecked_inputs
+            )
         payload = build_input(self.prompt, model_input)
         validate_input(self.model, payload, unchecked=self.unchecked_inputs)
+        check_request_size(payload)
         return [payload]
 
     def stores_images(self) -> bool:

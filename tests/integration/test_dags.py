@@ -3,6 +3,8 @@ deferrable) and the example DAG against the simulator, with downstream tasks rea
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -173,7 +175,6 @@ def test_batch_example_maps_prompts_into_one_folder(dags_test, cometapi_simulato
 
 
 def test_asset_example_records_an_asset_event_with_the_images(dags_test, tmp_path):
-    import json
     import sqlite3
 
     result = dags_test("cometflux_asset_producer", folder=EXAMPLE_DAGS, reserialize=True)
@@ -211,13 +212,14 @@ def test_reference_edits_example_sends_the_stored_character_inline(dags_test, co
     (character,) = [p for p in predictions if p["model"].endswith("flux-schnell")]
     edits = [p for p in predictions if p["model"].endswith("flux-2-pro")]
     assert len(edits) == 3
-    (stored,) = [p for p in (tmp_path / "images").rglob(f"{character['id']}-0.png")]
+    (stored,) = list((tmp_path / "images").rglob(f"{character['id']}-0.png"))
     for edit in edits:
         (sent,) = edit["input"]["input_images"]
-        assert sent.startswith("data:image/png;base64,") and base64.b64decode(sent.split(",", 1)[1]) == stored.read_bytes()
+        assert sent.startswith("data:image/png;base64,")
+        assert base64.b64decode(sent.split(",", 1)[1]) == stored.read_bytes()
     written = [p.read_text() for p in (tmp_path / "images").rglob("*.json*")]
-    assert len(written) == 4 + 3  # a sidecar per prediction, a manifest line per mapped edit
+    assert len(written) == 4 + 3  # a sidecar per prediction, a manifest per mapped edit
     assert not any("base64" in text for text in written)
-    edit_sidecars = [json.loads(t) for t in written if '"input_images"' in t and t.lstrip().startswith("{")]
-    assert {tuple(s["input"]["input_images"]) for s in edit_sidecars} == {(stored.as_uri(),)}
+    records = [json.loads(text) for text in written if '"input_images"' in text]
+    assert len(records) == 6 and {tuple(r["input"]["input_images"]) for r in records} == {(stored.as_uri(),)}
     assert "the same character" in result.output and cometapi_simulator.stats["created"] == 4

@@ -114,3 +114,44 @@ def test_unknown_key_warns(caplog):
 
 def test_unknown_model_passes_through():
     validate_input("acme/other", {"prompt": "a", "anything": object()})
+
+
+def _inline(raw: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(raw).decode()
+
+
+def test_public_input_keeps_each_inline_image_of_a_list_as_its_size_and_digest():
+    import hashlib
+
+    from airflow_provider_cometflux.models import public_input
+
+    raw = b"\x89PNG\r\n\x1a\n" + b"\x01" * 40
+    summary = {"data_uri": True, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+    kept = public_input(
+        {
+            "prompt": "p",
+            "input_image": _inline(raw),
+            "input_images": [_inline(raw), "https://x/a.png", [_inline(raw)]],
+            "extra": {"nested": [_inline(raw)]},
+        }
+    )
+    assert kept == {
+        "prompt": "p",
+        "input_image": summary,
+        "input_images": [summary, "https://x/a.png", [summary]],
+        "extra": {"nested": [summary]},
+    }
+    record = Prediction(prediction_json(input={"prompt": "p", "input_images": [_inline(raw)] * 3})).summary()
+    assert record["input"]["input_images"] == [summary] * 3  # what events and XCom carry
+
+
+def test_an_overridden_count_is_logged_without_the_image_data(caplog):
+    images = [_inline(b"\x89PNG\r\n\x1a\n" + b"\x02" * 300)] * 5
+    with caplog.at_level(logging.WARNING):
+        validate_input(
+            "black-forest-labs/flux-2-dev", {"prompt": "p", "input_images": images}, unchecked=["input_images"]
+        )
+    assert "input.input_images" in caplog.text and "'data_uri': True" in caplog.text
+    assert "base64" not in caplog.text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 import tracemalloc
@@ -13,7 +12,7 @@ import requests
 from airflow_provider_cometflux.exceptions import CometAPIError, CometFluxInputError, OutputExpiredError
 from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
 from airflow_provider_cometflux.pacing import RetryPolicy
-from airflow_provider_cometflux.storage import as_storage_path, inline_input_images, store_outputs
+from airflow_provider_cometflux.storage import as_storage_path, store_outputs
 from tests.compat import storage_uri
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.001, max_delay=0.01)
@@ -155,39 +154,6 @@ def test_streaming_an_8mb_image_keeps_memory_flat(monkeypatch, tmp_path):
         proc.wait(timeout=10)
     assert image.bytes >= 8 * 1024 * 1024
     assert peak < 2 * 1024 * 1024, f"copying raised traced memory by {peak} bytes"
-
-
-def test_input_images_from_paths_become_data_uris(tmp_path, memory_store):
-    png = tmp_path / "in.png"
-    png.write_bytes(b"\x89PNG\r\n\x1a\nxyz")
-    mem = as_storage_path("memory://cometflux-inputs/in.jpg")
-    mem.write_bytes(b"\xff\xd8\xffjpeg")
-    out = inline_input_images(
-        {"prompt": "p", "input_image": str(png), "image_prompt": mem, "image": "https://x/y.png"}, max_bytes=1000
-    )
-    assert out["input_image"] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-    assert out["image_prompt"].startswith("data:image/jpeg;base64,")
-    assert out["image"] == "https://x/y.png"
-
-
-@pytest.mark.parametrize(
-    ("value", "match"),
-    [
-        ("/nonexistent/in.png", "does not exist"),
-        ("/tmp/notes.txt", "expected an image file"),
-        (42, "expected an http"),
-    ],
-)
-def test_bad_input_images(value, match):
-    with pytest.raises(CometFluxInputError, match=match):
-        inline_input_images({"input_image": value}, max_bytes=1000)
-
-
-def test_input_image_size_limit(tmp_path):
-    big = tmp_path / "big.png"
-    big.write_bytes(b"\x00" * 2000)
-    with pytest.raises(CometFluxInputError, match=r"2000 bytes.*at most 1000 bytes"):
-        inline_input_images({"input_image": str(big)}, max_bytes=1000)
 
 
 def test_write_whole_replaces_the_file_and_leaves_no_temporary_one(tmp_path):

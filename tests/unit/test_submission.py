@@ -46,6 +46,15 @@ async def test_429_pauses_creates_and_nothing_is_created_twice(cometapi_connecti
 
 
 @pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_a_spent_limit_outlasting_the_hooks_retries_delays_creates_without_failing_them(cometapi_connection):
+    sim = cometapi_connection
+    sim.add_fault("create", "throttle", delay=1.5)  # Replicate's 429 without Retry-After, until it resets
+    result = await submit(CometAPIHook(retry_policy=FAST), SCHNELL, payloads("a", "b"))
+    assert all(result.ids) and result.errors == {}
+    assert sim.stats["created"] == 2 and sim.stats["responses"]["429"] >= 2
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
 async def test_a_create_whose_answer_is_lost_is_reported_never_resent(cometapi_connection):
     sim = cometapi_connection
     sim.add_fault("create", "drop_after_create", times=1)

@@ -22,10 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
+from airflow_provider_cometflux.schema import MAX_REQUEST_BYTES
 from airflow_provider_cometflux.testing.simulator.faults import (
     HUGE_SIZE,
     RULE_FIELDS,
     STREAM_SECONDS,
+    THROTTLE_SECONDS,
     FaultRule,
     parse_fault_directives,
 )
@@ -52,6 +54,7 @@ from airflow_provider_cometflux.testing.simulator.responses import (
     problem_response,
     reason,
     throttled_response,
+    throttled_without_retry_after,
 )
 from airflow_provider_cometflux.testing.simulator.validation import (
     DEFAULT_KNOWN_MODELS,
@@ -60,12 +63,26 @@ from airflow_provider_cometflux.testing.simulator.validation import (
     validation_problem_body,
 )
 
-__all__ = ["CometAPISimulator"]
+__all__ = ["CometAPISimulator", "require_pillow"]
 
 log = logging.getLogger("airflow_provider_cometflux.testing.simulator")
 
 #: How many rendered image files are kept (they are deterministic: an evicted one is drawn again if asked for).
 IMAGE_CACHE_SIZE = 64
+
+
+def require_pillow() -> None:
+    """
+    :raises RuntimeError: when Pillow, which draws every image the simulator serves, is not installed (the
+        simulator would otherwise start and answer 500 for every image).
+    """
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise RuntimeError(
+            "the CometAPI simulator draws its images with Pillow, which is not installed: "
+            "pip install 'airflow-provider-cometflux[testing]' (or pip install pillow)"
+        ) from None
 
 
 class CometAPISimulator:
@@ -94,6 +111,8 @@ class CometAPISimulator:
     :param create_status: the status of a successful create (201, or 202 as CometAPI may answer).
     :param backlog: the listen backlog (raise it for many thousands of concurrent connections).
     :param echo_key: quote a refused bearer token in the 401 message, as some services do.
+    :param max_request_bytes: the largest request body accepted (413 above it): by default the largest create the
+        provider sends (:data:`airflow_provider_cometflux.inputs.MAX_REQUEST_BYTES`, its inline images included).
     """
 
     def __init__(
@@ -117,6 +136,7 @@ class CometAPISimulator:
         create_status: int = 201,
         backlog: int = 4096,
         echo_key: bool = False,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         if output_kind not in ("auto", "list", "string"):
             raise ValueError("output_kind must be 'auto', 'list' or 'string'")
@@ -142,6 +162,7 @@ class CometAPISimulator:
         self.create_status = create_status
         self.backlog = backlog
         self.echo_key = echo_key
+        self.max_request_bytes = int(max_request_bytes)
 
         self._lock = threading.Lock()
         self._records: dict[str, Record] = {}
@@ -192,6 +213,7 @@ class CometAPISimulator:
         """
         if self._thread is not None:
             raise RuntimeError("the simulator is already running")
+        require_pillow()
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -273,7 +295,7 @@ class CometAPISimulator:
         await asyncio.to_thread(self.stop)
 
     async def _serve(self, sock: socket.socket) -> None:
-        app = web.Application(middlewares=[self._middleware])
+        app = web.Application(middlewares=[self._middleware], client_max_size=self.max_request_bytes)
         app.router.add_post("/replicate/v1/models/{owner}/{name}/predictions", self._handle_create, name="create")
         app.router.add_get("/replicate/v1/predictions/{id}", self._handle_get, name="get")
         app.router.add_post("/replicate/v1/predictions/{id}/cancel", self._handle_cancel, name="cancel")
@@ -324,14 +346,15 @@ class CometAPISimulator:
 
         :param route: ``create``, ``get``, ``cancel`` or ``file``.
         :param kind: ``status``, ``html``, ``drop``, ``slow``, ``malformed``, ``trickle``, ``truncate`` (file),
-            ``expired`` (file), ``huge`` (file), ``endless`` (file), ``drop_after_create`` (create) or
-            ``redirect`` (create, get, cancel).
+            ``expired`` (file), ``huge`` (file), ``endless`` (file), ``drop_after_create`` (create),
+            ``redirect`` (create, get, cancel) or ``throttle`` (create, get, cancel: Replicate's 429 without
+            ``Retry-After`` for every request of the route during ``delay`` seconds, 30 by default).
         :param times: how many requests the rule applies to; ``None`` for all of them.
         :param status: the HTTP status for ``status`` (default 500), ``html`` (502), ``expired`` (404),
             ``redirect`` (307).
         :param retry_after: if set, sent as the ``Retry-After`` header (seconds).
         :param delay: seconds to wait: the whole effect of ``slow`` (default 1), between two bytes of a
-            ``trickle`` (default 1), a pause before others.
+            ``trickle`` (default 1), how long a ``throttle`` lasts (default 30), a pause before others.
         :param code: overrides ``error.code`` in a ``status`` body (e.g. ``"invalid_request"``).
         :param message: overrides ``error.message`` in a ``status`` body.
         :param location: where a ``redirect`` points.
@@ -476,14 +499,25 @@ class CometAPISimulator:
         """Take the next rule for ``route``: the server-wide ones first, then ``scoped`` (one prediction's)."""
         with self._lock:
             for rules in (self._faults, scoped or []):
-                for rule in rules:
+                for rule in list(rules):
                     if rule.route == route:
+                        if rule.kind == "throttle" and not self._throttling(rule):
+                            rules.remove(rule)
+                            continue
                         rule.applied += 1
                         if rule.times is not None and rule.applied >= rule.times:
                             rules.remove(rule)
                         self._counters["faults_applied"] += 1
                         return rule
         return None
+
+    @staticmethod
+    def _throttling(rule: FaultRule) -> bool:
+        """Whether a ``throttle`` rule still refuses: for ``delay`` seconds from the first request it met."""
+        now = time.monotonic()
+        if rule.since is None:
+            rule.since = now
+        return now - rule.since < (rule.delay if rule.delay is not None else THROTTLE_SECONDS)
 
     def _create_rules(self, prompt: str | None) -> list[FaultRule] | None:
         """The ``create`` rules of a prompt's fault directives, shared by every create carrying that prompt."""
@@ -621,6 +655,9 @@ class CometAPISimulator:
         if rule.kind == "trickle":  # the normal answer, one byte every ``delay`` seconds (see the middleware)
             self._trickles[id(request)] = rule.delay or 1.0
             return None
+        if rule.kind == "throttle":  # Replicate's spent limit: 429 without Retry-After until the window ends
+            window = rule.delay if rule.delay is not None else THROTTLE_SECONDS
+            return throttled_without_retry_after(window - (time.monotonic() - (rule.since or time.monotonic())))
         if rule.delay:
             await asyncio.sleep(rule.delay)
         elif rule.kind == "slow":
@@ -760,7 +797,11 @@ class CometAPISimulator:
 
     async def _handle_create(self, request: web.Request) -> web.StreamResponse:
         self._bump("creates")
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            message = f"the request body is over {self.max_request_bytes} bytes; send large images as https URLs"
+            return json_response(error_body(413, message=message, code="request_too_large"), status=413)
         try:
             payload = json.loads(raw) if raw else None
         except (ValueError, UnicodeDecodeError):

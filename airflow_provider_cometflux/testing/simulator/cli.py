@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 
 __all__ = ["DEFAULT_API_KEY", "build_parser", "main"]
@@ -111,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
-    simulator.start()
+    try:
+        simulator.start()
+    except (RuntimeError, OSError) as exc:  # no Pillow, or the port is taken
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(f"CometAPI simulator listening on {simulator.base_url}", flush=True)
     if simulator.api_key is None:
         print("It accepts any non-empty API key (--any-key).", flush=True)

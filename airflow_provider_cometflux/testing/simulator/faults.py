@@ -13,6 +13,7 @@ __all__ = [
     "FAULT_ROUTES",
     "HUGE_SIZE",
     "STREAM_SECONDS",
+    "THROTTLE_SECONDS",
     "FaultRule",
     "parse_fault_directives",
 ]
@@ -35,14 +36,17 @@ FAULT_KINDS: dict[str, tuple[str, ...]] = {
     "endless": ("file",),
     "drop_after_create": ("create",),
     "redirect": API_ROUTES,
+    "throttle": API_ROUTES,
 }
+#: How long a ``throttle`` rule refuses its route unless ``delay`` is given: Replicate's limit "resets in ~30s".
+THROTTLE_SECONDS = 30.0
 #: What a ``huge`` download declares unless ``size`` is given (3 GB).
 HUGE_SIZE = 3 * 1024**3
 #: ``huge`` and ``endless`` downloads end by themselves after this many seconds (or :data:`HUGE_SIZE` bytes),
 #: so a client that never stops reading cannot keep the simulator busy for ever.
 STREAM_SECONDS = 120.0
 
-DEFAULT_STATUS_FOR_KIND = {"status": 500, "html": 502, "expired": 404, "redirect": 307}
+DEFAULT_STATUS_FOR_KIND = {"status": 500, "html": 502, "expired": 404, "redirect": 307, "throttle": 429}
 #: ``[sim:NAME]`` or ``[sim:NAME=VALUE]`` anywhere in a prompt (the value may hold newlines and escapes).
 DIRECTIVE_RE = re.compile(r"\[sim:([a-z_]+)(?:=([^\]]*))?\]", re.IGNORECASE)
 
@@ -77,6 +81,10 @@ class FaultRule:
     :param message: overrides ``error.message`` of a ``status`` body (control characters are kept).
     :param location: where a ``redirect`` points (required for it: e.g. another simulator on loopback).
     :param size: the ``Content-Length`` a ``huge`` download declares (default :data:`HUGE_SIZE`).
+
+    A ``throttle`` rule answers every request of its route with Replicate's 429 without ``Retry-After`` for
+    ``delay`` seconds (default :data:`THROTTLE_SECONDS`) from the first one it meets, then is spent (``times`` does
+    not count for it).
     """
 
     route: str
@@ -90,6 +98,7 @@ class FaultRule:
     location: str | None = None
     size: int | None = None
     applied: int = field(default=0)
+    since: float | None = field(default=None)  # a throttle's start (monotonic seconds)
 
     def __post_init__(self) -> None:
         if self.route not in FAULT_ROUTES:
@@ -102,6 +111,8 @@ class FaultRule:
             raise ValueError("times must be a positive integer or None")
         if self.times is not None and self.times < 1:
             raise ValueError("times must be a positive integer or None")
+        if self.kind == "throttle":
+            self.times = None
         if self.status is None:
             self.status = DEFAULT_STATUS_FOR_KIND.get(self.kind)
         elif isinstance(self.status, bool) or not isinstance(self.status, int) or not 100 <= self.status <= 599:

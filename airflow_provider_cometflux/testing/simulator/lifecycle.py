@@ -25,6 +25,7 @@ from airflow_provider_cometflux.testing.simulator.faults import DIRECTIVE_RE, Fa
 from airflow_provider_cometflux.testing.simulator.images import flux_size, normalise_format
 
 __all__ = [
+    "ALL_FILTERED_MESSAGE",
     "DEFAULT_FAILURE_MESSAGE",
     "LIST_OUTPUT_MODELS",
     "OUTPUT_KINDS",
@@ -39,6 +40,10 @@ __all__ = [
 
 #: The error text of a prediction failed with ``[sim:failed]``.
 DEFAULT_FAILURE_MESSAGE = "NSFW content detected. Try running it again, or try a different prompt."
+#: The error text of a flux-schnell or flux-dev prediction whose every image the safety checker filtered.
+ALL_FILTERED_MESSAGE = "All generated images contained NSFW content. Try running it again with a different prompt."
+#: The models whose safety checker drops images from the output (they have ``disable_safety_checker``).
+FILTERING_MODELS = frozenset(name for name, rules in MODELS.items() if "disable_safety_checker" in rules.inputs)
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "aborted"})
 #: ``[sim:output=...]`` values: the output's shape, or a success without images (``empty``: ``[]``, ``null``).
 OUTPUT_KINDS = ("list", "string", "empty", "null")
@@ -114,6 +119,7 @@ class Record:
     canceled_after: float | None = None  # seconds after creation (cancel request)
     changed: asyncio.Event | None = None
     faults: list[FaultRule] = field(default_factory=list)  # this prediction's own get/cancel/file rules
+    requested: int = 0  # images asked for (image_count is what the safety checker let through)
 
     @property
     def start_offset(self) -> float:
@@ -159,6 +165,7 @@ def build_record(
     prompt = model_input.get("prompt")
     outcome = "succeeded"
     error_message: str | None = None
+    filtered = 0
     if isinstance(prompt, str):
         for match in DIRECTIVE_RE.finditer(prompt):
             name, value = match.group(1).lower(), match.group(2)
@@ -176,12 +183,19 @@ def build_record(
                     run_seconds = seconds
             elif name == "output" and value is not None and value.strip().lower() in OUTPUT_KINDS:
                 output_kind = value.strip().lower()
+            elif name == "nsfw":
+                filtered = _filtered(value)
     if output_kind == "auto":
         output_kind = "list" if model in LIST_OUTPUT_MODELS else "string"
     image_count = 1
     num_outputs = _int_or_none(model_input.get("num_outputs"))
     if output_kind in ("list", "empty") and num_outputs is not None:
         image_count = max(1, min(num_outputs, 16))
+    requested = image_count
+    if model in FILTERING_MODELS and model_input.get("disable_safety_checker") is not True and filtered:
+        image_count = max(0, image_count - filtered)
+        if image_count == 0 and outcome == "succeeded":
+            outcome, error_message = "failed", ALL_FILTERED_MESSAGE
     fmt_input = model_input.get("output_format")
     try:
         fmt = normalise_format(fmt_input) if isinstance(fmt_input, str) else ""
@@ -218,11 +232,22 @@ def build_record(
         log_seed=seed if seed is not None else secrets.randbelow(1 << 31),
         steps=steps if steps is not None and 1 <= steps <= 50 else 4,
         deadline=deadline,
+        requested=requested,
         changed=asyncio.Event(),
         faults=[rule for rule in parse_fault_directives(prompt) if rule.route != "create"]
         if isinstance(prompt, str)
         else [],
     )
+
+
+def _filtered(value: str | None) -> int:
+    """``[sim:nsfw]`` filters every image; ``[sim:nsfw=N]`` N of them."""
+    if value is None or value.strip().lower() in ("", "all"):
+        return 1 << 16
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0
 
 
 def _size_step(model: str) -> int:
@@ -258,7 +283,7 @@ def _logs(record: Record, status: str, started: float | None, completed: float |
         bar = ("#" * round(10 * step / record.steps)).ljust(10)
         lines.append(f"{percent:3d}%|{bar}| {step}/{record.steps}")
     if status == "succeeded":
-        lines.append(f"Total safe images: {record.image_count} out of {record.image_count}")
+        lines.append(f"Total safe images: {record.image_count} out of {record.requested or record.image_count}")
     elif status == "failed":
         lines.append(f"Error: {record.error_message}")
     return "\n".join(lines) + "\n"

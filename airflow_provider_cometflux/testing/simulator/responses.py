@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import secrets
 from datetime import datetime, timezone
 from http import HTTPStatus
@@ -32,6 +33,7 @@ _ERROR_TEMPLATES: dict[int, tuple[str, str, str]] = {
     404: ("invalid_request_error", "not_found", "Resource not found"),
     408: ("server_error", "request_timeout", "Request timed out"),
     409: ("invalid_request_error", "conflict", "Conflict"),
+    413: ("invalid_request_error", "request_too_large", "Request entity too large"),
     422: ("invalid_request_error", "invalid_request", "Input validation failed"),
     429: ("rate_limit_error", "rate_limit_exceeded", "Rate limit reached, please try again later"),
     500: ("server_error", "internal_error", "Internal server error"),
@@ -124,6 +126,12 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 def throttled_response() -> web.Response:
     """Replicate's 429: ``Retry-After: 1`` and ``{"detail": "Request was throttled. ...", "status": 429}``."""
     return problem_response({"detail": THROTTLE_DETAIL, "status": 429}, headers={"Retry-After": "1"})
+
+
+def throttled_without_retry_after(resets_in: float) -> web.Response:
+    """Replicate's 429 when an account's limit is spent: no ``Retry-After``, only the body says when it resets."""
+    detail = f"Request was throttled. Your rate limit resets in ~{max(1, math.ceil(resets_in))}s."
+    return problem_response({"detail": detail, "status": 429})
 
 
 def not_found_html() -> web.Response:

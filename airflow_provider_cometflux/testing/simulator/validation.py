@@ -81,11 +81,13 @@ def invalid_fields(model: str, model_input: dict[str, Any]) -> list[dict[str, st
     """
     Check ``input`` against a known model's schema.
 
-    :param model: ``owner/name``; a model without a schema here is not checked.
+    :param model: ``owner/name``; a model without a schema here (``--any-model``) is checked for its image inputs
+        only: an image that is neither an http(s) URL nor a data URI is refused, as the service cannot read it.
     :param model_input: the create request's ``input``.
     :return: Replicate's ``invalid_fields`` entries (``type``, ``field``, ``description``); empty when valid.
     """
-    return [_entry(problem) for problem in schema.problems(model, model_input)]
+    found = schema.problems(model, model_input) if model in MODELS else schema.image_problems(model_input)
+    return [_entry(problem) for problem in found]
 
 
 def validation_problem_body(problems: list[dict[str, str]]) -> dict[str, Any]:

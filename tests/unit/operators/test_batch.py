@@ -203,3 +203,19 @@ def test_unchecked_inputs_send_what_a_stale_schema_refuses(cometapi_connection, 
         ).execute(context())
     assert len(results) == 2 and caplog.text.count("unchecked_inputs overrides") == 2
     assert {p["input"]["aspect_ratio"] for p in cometapi_connection.predictions.values()} == {"7:5"}
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.05)
+def test_shared_reference_images_are_read_once_and_sent_with_every_prompt(cometapi_connection, tmp_path):
+    (tmp_path / "ref.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 24)
+    ctx = context()
+    task = batch_operator(
+        prompts=["a", "b"],
+        model="black-forest-labs/flux-2-pro",
+        input={"input_images": [[str(tmp_path / "ref.png")], []]},  # a batch's outputs, as an XComArg gives them
+    )
+    assert len(task.execute(ctx)) == 2
+    sent = [prediction["input"]["input_images"] for prediction in cometapi_connection.predictions.values()]
+    assert len(sent) == 2 and all(images[0].startswith("data:image/png;base64,") for images in sent)
+    records = ctx["ti"].xcoms[XCOM_PREDICTIONS]
+    assert all(record["input"]["input_images"] == [[str(tmp_path / "ref.png")], []] for record in records)

@@ -164,3 +164,63 @@ def test_unchecked_inputs_still_meet_the_services_own_refusal(cometapi_connectio
 def test_unchecked_inputs_must_be_a_list_of_names():
     with pytest.raises(CometFluxInputError, match="unchecked_inputs"):
         operator(unchecked_inputs="num_outputs")
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 24
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.05)
+def test_reference_images_from_paths_and_a_tasks_outputs_reach_the_service_inline(cometapi_connection, tmp_path):
+    (tmp_path / "a.png").write_bytes(PNG)
+    upstream_output = [f"file://{tmp_path}/a.png", "https://example.com/b.png"]  # an XComArg, resolved
+    ctx = context()
+    task = operator(
+        model="black-forest-labs/flux-2-pro", input={"input_images": [str(tmp_path / "a.png"), *upstream_output]}
+    )
+    task.execute(ctx)
+    (sent,) = cometapi_connection.predictions.values()
+    assert [item[:22] for item in sent["input"]["input_images"]] == [
+        "data:image/png;base64,",
+        "data:image/png;base64,",
+        "https://example.com/b.",
+    ]
+    record = ctx["ti"].xcoms[XCOM_PREDICTION]
+    assert record["input"]["input_images"] == [str(tmp_path / "a.png"), *upstream_output]  # as given, no data
+
+
+def test_a_bad_reference_image_fails_before_any_request_naming_its_index(cometapi_connection, tmp_path):
+    (tmp_path / "notes.txt").write_text("not an image")
+    task = operator(
+        model="black-forest-labs/flux-2-dev",
+        input={"input_images": ["https://example.com/a.png", str(tmp_path / "notes.txt")]},
+    )
+    with pytest.raises(CometFluxInputError, match=r"^input\.input_images\.1: .*notes\.txt' is not allowed"):
+        task.execute(context())
+    too_many = operator(model="black-forest-labs/flux-2-dev", input={"input_images": ["https://x/a.png"] * 5})
+    with pytest.raises(CometFluxInputError, match=r"^input\.input_images: 5 images are too many"):
+        too_many.execute(context())
+    assert cometapi_connection.stats["creates"] == 0
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.05)
+def test_fewer_images_than_asked_is_a_success_that_records_both_counts(cometapi_connection):
+    ctx = context()
+    urls = operator(prompt="a fox [sim:nsfw=1]", input={"num_outputs": 4}).execute(ctx)
+    assert len(urls) == 3
+    metrics = ctx["ti"].xcoms[XCOM_PREDICTION]["metrics"]
+    assert (metrics["images_asked"], metrics["images_returned"]) == (4, 3)
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.05)
+def test_every_image_filtered_fails_with_the_services_words(cometapi_connection):
+    with pytest.raises(PredictionFailedError, match="All generated images contained NSFW content"):
+        operator(prompt="a fox [sim:nsfw]", input={"num_outputs": 2}).execute(context())
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.05)
+def test_a_spent_rate_limit_without_retry_after_does_not_fail_the_task(cometapi_connection):
+    cometapi_connection.add_fault("create", "throttle", delay=1.5)
+    cometapi_connection.add_fault("get", "throttle", delay=3)
+    assert len(operator().execute(context())) == 1
+    assert cometapi_connection.stats["responses"]["429"] >= 2
+    assert cometapi_connection.stats["created"] == 1
