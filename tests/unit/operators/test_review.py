@@ -134,8 +134,8 @@ def test_the_answer_keeps_the_chosen_images_in_order_and_records_every_verdict(t
 
 
 def test_keeping_none_skips_the_downstream_tasks(tmp_path, cometapi_connection):
+    from airflow.providers.common.compat.sdk import DownstreamTasksSkipped
     from airflow.sdk import DAG
-    from airflow.sdk.exceptions import DownstreamTasksSkipped
 
     images = batch_images(tmp_path, PROMPTS[:2])
     with DAG("gallery", schedule=None):
