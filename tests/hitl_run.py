@@ -110,6 +110,11 @@ class ReviewRun:
             time.sleep(1)
         raise AssertionError(f"no request of {task_id} waited for an answer: {last}\n{self.output()[-4000:]}")
 
+    def responded(self, task_id: str) -> bool:
+        """Whether the task's HITL request has its response."""
+        resp = requests.get(self.url(self.detail_path(task_id)), headers=self.headers(REVIEWER), timeout=30)
+        return resp.status_code == 200 and bool(resp.json().get("response_received"))
+
     def answer(self, task_id: str, user: str, chosen: list[str], params: dict[str, Any] | None = None) -> Any:
         """``PATCH .../hitlDetails`` as ``user``: the REST call the Required Actions page makes."""
         return requests.patch(
