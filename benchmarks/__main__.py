@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import bench_batch, bench_import, bench_triggers, bench_worker_slots
+from benchmarks import bench_batch, bench_gallery, bench_import, bench_triggers, bench_worker_slots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_worker_slots.main(["--long", "15"] if args.quick else [])
     print("\n## (d) a batch under the rate limit\n", flush=True)
     bench_batch.main(["--prompts", "200"] if args.quick else [])
+    print("\n## (e) the gallery of a 1,000-image run in headless Chromium\n", flush=True)
+    bench_gallery.main(["--images", "200"] if args.quick else [])
     return 0
 
 

@@ -42,11 +42,14 @@ def page_state(driver: Any) -> dict[str, Any]:
 
 
 def open_required_action(driver: Any, run: ReviewRun, keep: list[str], timeout: float = 90) -> dict[str, Any]:
-    """The review's Required Actions page with ``keep`` ticked (Airflow's ``_options`` link), once it shows."""
+    """
+    The review's Required Actions page with ``keep`` ticked, once it shows: the page preselects the options of its
+    ``_options`` query parameter (what a notifier's link to the page carries).
+    """
     driver.get(run.url("/api/v2/version"))
     driver.add_cookie({"name": "_token", "value": run.token(REVIEWER), "path": "/"})
     run_id = quote(run.run_id() or "", safe="")
-    query = urlencode([("_options", option) for option in keep] + [("map_index", "-1")])
+    query = urlencode({"_options": json.dumps(keep), "map_index": "-1"})  # the page reads a JSON list
     driver.get(run.url(f"/dags/{run.dag_id}/runs/{run_id}/tasks/review/required_actions?{query}"))
     deadline = time.monotonic() + timeout
     state: dict[str, Any] = {}
