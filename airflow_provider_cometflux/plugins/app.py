@@ -44,9 +44,10 @@ CHUNK_SIZE = 64 * 1024
 PAGE_SIZE = 48
 #: Pages may show their own images and delivery images; they run no script and cannot be framed elsewhere.
 PAGE_CSP = "default-src 'none'; img-src 'self' http: https:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+#: A review's next round serves new images at the same addresses: browsers ask again (a 304 when unchanged).
 IMAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "private, max-age=300",
+    "Cache-Control": "private, no-cache",
     "Content-Security-Policy": "default-src 'none'; sandbox",
 }
 
@@ -453,6 +454,7 @@ def create_app() -> FastAPI:
 
     @router.get("/thumb/{dag_id}/{run_id}/{task_id}/{map_index}/{index}", name="thumb")
     def thumb(
+        request: Request,
         dag_id: DagId,
         run_id: RunId,
         task_id: TaskId,
@@ -464,6 +466,9 @@ def create_app() -> FastAPI:
         from airflow_provider_cometflux.plugins.thumbnails import CONTENT_TYPE, thumbnail
 
         found = _stored_image(source, dag_id, run_id, task_id, map_index, index)
+        etag = f'"{found.picture.sha256 or found.picture.uri}-{found.size}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={**IMAGE_HEADERS, "ETag": etag})
         try:
             data = thumbnail(found.path, uri=found.picture.uri, sha256=found.picture.sha256, size=found.size)
         except Exception as exc:
@@ -471,7 +476,7 @@ def create_app() -> FastAPI:
             raise HTTPException(404, "The stored image cannot be read as an image.") from None
         if data is None:
             return _stream(found)
-        return Response(data, media_type=CONTENT_TYPE, headers=IMAGE_HEADERS)
+        return Response(data, media_type=CONTENT_TYPE, headers={**IMAGE_HEADERS, "ETag": etag})
 
     @router.get("/kept/{dag_id}/{run_id}.zip", name="kept_zip")
     def kept_zip(dag_id: DagId, run_id: RunId, source: Source) -> StreamingResponse:

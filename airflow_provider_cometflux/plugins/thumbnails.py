@@ -1,9 +1,10 @@
 """Thumbnails of stored images for the UI's grids: made once with Pillow, kept in a bounded cache on the API server.
 
 A thumbnail is named by the image's sha256 (as the task recorded it) and its size, so it is made once per image
-and a changed image never shows an old thumbnail. The cache holds at most :data:`MAX_ENTRIES` files; the oldest go
-first. Each file is written under a temporary name and moved into place, so a reader never sees half of one.
-Without Pillow (it is the ``testing`` extra's) :func:`thumbnail` answers ``None`` and the plugin serves the image.
+and a changed image never shows an old thumbnail. The cache holds about :data:`MAX_ENTRIES` files; the oldest go
+first (it is trimmed every :data:`TRIM_EVERY` new thumbnails). Each file is written under a temporary name and
+moved into place, so a reader never sees half of one. Without Pillow (it is the ``testing`` extra's)
+:func:`thumbnail` answers ``None`` and the plugin serves the image.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +28,10 @@ MAX_ENTRIES = 5000
 #: The largest image a thumbnail is made of (pixels), against decompression bombs.
 MAX_PIXELS = 64_000_000
 CONTENT_TYPE = "image/webp"
+#: The cache is trimmed every this many new thumbnails (so it holds at most MAX_ENTRIES + TRIM_EVERY files).
+TRIM_EVERY = 64
 _lock = threading.Lock()
+_made = [0]
 
 
 def cache_dir() -> Path:
@@ -74,16 +79,23 @@ def thumbnail(path: ObjectStoragePath, *, uri: str, sha256: str, size: int) -> b
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".part-", suffix=".webp", delete=False) as part:
             out.save(part, "WEBP", quality=75, method=4)
     os.replace(part.name, target)
-    _bound(folder)
+    with _lock:
+        _made[0] += 1
+        trim = (_made[0] - 1) % TRIM_EVERY == 0
+    if trim:
+        _bound(folder)
     return target.read_bytes()
 
 
 def _bound(folder: Path) -> None:
-    """Remove the oldest thumbnails beyond :data:`MAX_ENTRIES` (and parts left by a crash)."""
+    """Remove the oldest thumbnails beyond :data:`MAX_ENTRIES`, and parts a crash left behind."""
     with _lock:
         entries = []
         for entry in os.scandir(folder):
-            if entry.name.endswith(".webp") and entry.is_file():
+            if entry.name.startswith(".part-") and entry.stat().st_mtime < time.time() - 3600:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            elif entry.name.endswith(".webp") and entry.is_file():
                 entries.append((entry.stat().st_mtime, entry.path))
         if len(entries) <= MAX_ENTRIES:
             return

@@ -14,12 +14,7 @@ from airflow_provider_cometflux.contract import KEPT, PENDING, REJECTED, XCOM_RE
 from airflow_provider_cometflux.exceptions import CometFluxInputError
 from tests.unit.fakes import FakeStore, context
 
-if not hitl_supported():  # Airflow 3.0: the module refuses to load, naming the release it needs
-
-    def test_airflow_3_0_gets_a_clear_error_at_parse_time():
-        with pytest.raises(ImportError, match=r"needs Airflow 3\.1\+"):
-            import airflow_provider_cometflux.operators.review  # noqa: F401
-
+if not hitl_supported():  # Airflow 3.0: the module refuses to load (tests/unit/test_compat.py)
     pytest.skip("the review operator needs Airflow 3.1+", allow_module_level=True)
 
 from airflow_provider_cometflux.operators.batch import CometFluxBatchOperator

@@ -473,6 +473,8 @@ def test_thumbnails_are_small_webp_made_once(
     first = made.stat().st_mtime_ns
     assert client.get(f"/thumb/{DAG}/{RUN}/big/-1/0", headers=viewer).content == response.content
     assert [p.name for p in cache.iterdir()] == [made.name] and made.stat().st_mtime_ns >= first
+    again = {**viewer, "If-None-Match": response.headers["etag"]}
+    assert client.get(f"/thumb/{DAG}/{RUN}/big/-1/0", headers=again).status_code == 304
 
 
 def test_the_kept_images_download_as_one_zip(client: TestClient, viewer: dict[str, str], reviewed: list[Path]):
@@ -487,3 +489,20 @@ def test_the_kept_images_download_as_one_zip(client: TestClient, viewer: dict[st
 
 def test_no_zip_without_a_kept_image(client: TestClient, viewer: dict[str, str], stored: bytes):
     assert client.get(f"/kept/{DAG}/{RUN}.zip", headers=viewer).status_code == 404
+
+
+def test_the_thumbnail_cache_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from airflow_provider_cometflux.plugins import thumbnails
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("COMETFLUX_THUMBNAIL_CACHE", str(cache))
+    monkeypatch.setattr(thumbnails, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(thumbnails, "TRIM_EVERY", 1)
+    from airflow.sdk import ObjectStoragePath
+
+    for i in range(6):
+        image = tmp_path / f"p{i}-0.png"
+        image.write_bytes(png(("red", "green", "blue", "white", "black", "gray")[i]))
+        data = thumbnails.thumbnail(ObjectStoragePath(image.as_uri()), uri=image.as_uri(), sha256="", size=i)
+        assert data is not None and data[:4] == b"RIFF"
+    assert len(list(cache.iterdir())) == 3
