@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from benchmarks.common import LOOPBACK, print_machine, table
+from benchmarks.common import LOOPBACK, ROOT, print_machine, table
 from tests.hitl_run import free_port, stop
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 "BENCH_IMAGES": str(args.images),
                 "BENCH_OUTPUT": (home / "images").as_uri(),
                 "COMETFLUX_THUMBNAIL_CACHE": str(home / "thumbnails"),
+                # Airflow's processes load the provider of this tree, not an installed copy
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")])),
             }
         )
         subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, check=True)

@@ -12,7 +12,10 @@ from airflow_provider_cometflux._compat import hitl_supported
 from airflow_provider_cometflux.contract import KEPT, REJECTED, XCOM_REVIEW
 from tests.hitl_run import REVIEWER, VIEWER, review_run
 
-pytestmark = pytest.mark.skipif(not hitl_supported(), reason="the review operator needs Airflow 3.1+")
+pytestmark = [
+    pytest.mark.services,  # an API server beside `dags test`: run one at a time
+    pytest.mark.skipif(not hitl_supported(), reason="the review operator needs Airflow 3.1+"),
+]
 
 DAGS = Path(__file__).parent / "dags"
 
