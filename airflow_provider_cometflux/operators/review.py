@@ -149,6 +149,11 @@ class CometFluxReviewOperator(HITLOperator, SkipMixin):
         self.download_timeout = check_seconds("download_timeout", download_timeout)
         self.ignore_downstream_trigger_rules = ignore_downstream_trigger_rules
         self._own_params = {name: self.params.get_param(name) for name in self.params}
+        taken = sorted(name for name in self._own_params if name == REDO_PARAM or name.startswith("prompt_"))
+        if taken:
+            raise CometFluxInputError(
+                f"params: {', '.join(taken)} is not allowed; the review's form uses {REDO_PARAM!r} and 'prompt_<n>'."
+            )
 
     def validate_options(self) -> None:
         """The options are the images, known only at run time (:meth:`resolve`)."""

@@ -218,9 +218,11 @@ def _page(
 
 
 def _session() -> Iterator[Session]:
+    """A session of its own per request, as Airflow's ``SessionDep`` gives (the scoped one is per thread, and
+    FastAPI may open a dependency and run its route in different threads, so concurrent requests collided)."""
     from airflow.utils.session import create_session
 
-    with create_session() as session:
+    with create_session(scoped=False) as session:
         yield session
 
 

@@ -11,6 +11,8 @@ recorded before anything is opened.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -409,12 +411,24 @@ def load_task_images(
     states = {(t, m): _text(s) for t, m, s in session.execute(ti_query)}
     found: dict[tuple[str, int], dict[str, Any]] = {}
     recorded: dict[tuple[str, int], datetime] = {}
-    for row in session.scalars(query):
-        key = (row.task_id, row.map_index)
-        found.setdefault(key, {})[row.key] = XComModel.deserialize_value(row)
-        stamp = _parse_time(row.timestamp)
-        if stamp is not None and row.key in (XCOM_PREDICTION, XCOM_PREDICTIONS, XCOM_RETURN_VALUE):
-            recorded[key] = max(recorded.get(key, stamp), stamp)
+    light = query.with_only_columns(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.timestamp)
+    rows = [(t, m, k, stamp, (dag_id, run_id, t, m, k, str(stamp))) for t, m, k, stamp in session.execute(light)]
+    values = _cached_values([row[4] for row in rows])
+    missing = [row for row in rows if row[4] not in values]
+    if missing:  # read and parse only what changed since the last request (a batch's XComs are large)
+        wanted = {(t, m, k) for t, m, k, _, _ in missing}
+        full = query.where(XComModel.task_id.in_({t for t, _, _ in wanted}), XComModel.key.in_({k for *_, k in wanted}))
+        for row in session.scalars(full):
+            ident = (dag_id, run_id, row.task_id, row.map_index, row.key, str(row.timestamp))
+            values[ident] = XComModel.deserialize_value(row)
+        _cache_values(values)
+    for t, m, k, stamp, ident in rows:
+        if ident not in values:
+            continue
+        found.setdefault((t, m), {})[k] = values[ident]
+        when = _parse_time(stamp)
+        if when is not None and k in (XCOM_PREDICTION, XCOM_PREDICTIONS, XCOM_RETURN_VALUE):
+            recorded[(t, m)] = max(recorded.get((t, m), when), when)
     items = _order(
         task_images(t, m, states.get((t, m), ""), xcoms, recorded_at=recorded.get((t, m)), now=now)
         for (t, m), xcoms in found.items()
@@ -431,6 +445,32 @@ def load_task_images(
         reviews += [XComModel.deserialize_value(row) for row in session.scalars(others)]
     mark_verdicts(items, verdicts_by_uri(reviews))
     return items
+
+
+#: Parsed XCom values by (dag, run, task, map index, key, timestamp): a changed XCom has a new timestamp.
+_VALUES: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+#: The most parsed values kept (a 1,000-prompt batch is five of them).
+MAX_CACHED_VALUES = 512
+_values_lock = threading.Lock()
+
+
+def _cached_values(idents: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+    with _values_lock:
+        found = {}
+        for ident in idents:
+            if ident in _VALUES:
+                _VALUES.move_to_end(ident)
+                found[ident] = _VALUES[ident]
+        return found
+
+
+def _cache_values(values: Mapping[tuple[Any, ...], Any]) -> None:
+    with _values_lock:
+        for ident, value in values.items():
+            _VALUES[ident] = value
+            _VALUES.move_to_end(ident)
+        while len(_VALUES) > MAX_CACHED_VALUES:
+            _VALUES.popitem(last=False)
 
 
 def all_cards(items: Sequence[TaskImages]) -> list[Card]:

@@ -87,7 +87,9 @@ def test_review_arguments_are_checked_at_parse_time():
         review(["x"], options=["a"])
     with pytest.raises(CometFluxInputError, match="max_rounds"):
         review(["x"], max_rounds=0)
-    op = review(["x"])
+    with pytest.raises(CometFluxInputError, match="params: prompt_1"):
+        review(["x"], params={"prompt_1": "mine"})
+    op = review(["x"], params={"channel": "web"})
     assert op.options == [] and op.multiple is True
 
 
