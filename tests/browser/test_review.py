@@ -18,14 +18,13 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
-from airflow_provider_cometflux._compat import hitl_supported
 from tests.browser.test_gallery import ROOT, browser  # noqa: F401  (the Chromium fixture)
-from tests.hitl_run import REVIEWER, VIEWER, ReviewRun, review_run
+from tests.hitl_run import DAGS_TEST_HITL, REVIEWER, VIEWER, ReviewRun, dags_test_answers_hitl, review_run
 from tests.integration.dags.cometflux_review_it import PROMPTS
 
 pytestmark = [
     pytest.mark.browser,
-    pytest.mark.skipif(not hitl_supported(), reason="the review operator needs Airflow 3.1+"),
+    pytest.mark.skipif(not dags_test_answers_hitl(), reason=DAGS_TEST_HITL),
 ]
 
 DAGS = ROOT / "tests" / "integration" / "dags"

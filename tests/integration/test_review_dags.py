@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_cometflux._compat import hitl_supported
 from airflow_provider_cometflux.contract import KEPT, REJECTED, XCOM_REVIEW
-from tests.hitl_run import REVIEWER, VIEWER, review_run
+from tests.hitl_run import DAGS_TEST_HITL, REVIEWER, VIEWER, dags_test_answers_hitl, review_run
 
 pytestmark = [
     pytest.mark.services,  # an API server beside `dags test`: run one at a time
-    pytest.mark.skipif(not hitl_supported(), reason="the review operator needs Airflow 3.1+"),
+    pytest.mark.skipif(not dags_test_answers_hitl(), reason=DAGS_TEST_HITL),
 ]
 
 DAGS = Path(__file__).parent / "dags"
