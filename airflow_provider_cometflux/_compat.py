@@ -48,6 +48,29 @@ def ui_plugins_supported() -> bool:
     return Version(AIRFLOW_VERSION).release[:2] >= (3, 1)
 
 
+def hitl_supported() -> bool:
+    """:return: whether this Airflow has Human-in-the-loop operators (3.1+), which the review operator builds on."""
+    return ui_plugins_supported()
+
+
+def hitl_classes() -> tuple[Any, Any]:
+    """
+    Airflow's Human-in-the-loop operator and the mixin that skips downstream tasks (3.1+).
+
+    :raises ImportError: "needs Airflow 3.1+" on an older Airflow (a DAG importing the review operator fails to
+        parse with it).
+    """
+    if not hitl_supported():
+        raise ImportError(
+            f"CometFluxReviewOperator needs Airflow 3.1+ (it builds on Airflow's Human-in-the-loop operators); "
+            f"this is Airflow {AIRFLOW_VERSION}."
+        )
+    from airflow.providers.standard.operators.hitl import HITLOperator
+    from airflow.providers.standard.utils.skipmixin import SkipMixin
+
+    return HITLOperator, SkipMixin
+
+
 def redact(value: Any) -> Any:
     """
     Airflow's own secret masking of ``value`` (registered secrets and values under sensitive names become ``***``).
@@ -93,6 +116,8 @@ __all__ = [
     "amask_secret_function",
     "conf",
     "determine_kwargs",
+    "hitl_classes",
+    "hitl_supported",
     "redact",
     "ui_plugins_supported",
 ]

@@ -24,6 +24,8 @@ XCOM_PREDICTIONS = "predictions"
 XCOM_FAILURES = "failures"
 #: Why a batch's prompts have no prediction, by position (kept for the task's completion; not for users).
 XCOM_CREATE_ERRORS = "_cometflux_create_errors"
+#: A review task's images and verdicts (:data:`REVIEW_FIELDS`, :data:`REVIEW_ROUND_FIELDS`), pushed every round.
+XCOM_REVIEW = "review"
 #: Airflow's own key: the stored URIs, or the delivery URLs without ``output_path`` (a list per prompt in a batch).
 XCOM_RETURN_VALUE = "return_value"
 
@@ -35,6 +37,7 @@ XCOM_KEYS = (
     XCOM_FAILURES,
     XCOM_PREDICTION_IDS,
     XCOM_PREDICTION_ID,
+    XCOM_REVIEW,
     XCOM_RETURN_VALUE,
 )
 #: The keys only a batch writes.
@@ -44,6 +47,35 @@ BATCH_XCOM_KEYS = (XCOM_PREDICTION_IDS, XCOM_PREDICTIONS, XCOM_FAILURES)
 IMAGE_FIELDS = ("uri", "source_url", "sha256", "bytes", "content_type")
 #: One entry of XCom :data:`XCOM_FAILURES`.
 FAILURE_FIELDS = ("index", "prompt", "prediction_id", "status", "message")
+
+# ------------------------------------------------------------------------------------------------------ review
+
+#: A verdict not given yet, and the two a reviewer gives.
+PENDING = "pending"
+KEPT = "kept"
+REJECTED = "rejected"
+VERDICTS = (PENDING, KEPT, REJECTED)
+#: XCom :data:`XCOM_REVIEW`: ``{"round", "max_rounds", "options", "images": [...], "rounds": [...]}``.
+REVIEW_FIELDS = ("round", "max_rounds", "options", "images", "rounds")
+#: One image under review (its slot is its position in the ``images`` the review was given).
+REVIEW_IMAGE_FIELDS = (
+    "slot",
+    "uri",
+    "prompt",
+    "prediction_id",
+    "model",
+    "sha256",
+    "bytes",
+    "content_type",
+    "round",
+    "verdict",
+    "by",
+    "at",
+)
+#: One answered round: who answered, when, the slots kept, whether new versions were asked for, the images.
+REVIEW_ROUND_FIELDS = ("round", "by", "at", "kept", "redo", "images")
+#: One verdict as a sidecar's or a manifest line's ``review`` list holds it.
+VERDICT_FIELDS = ("uri", "verdict", "by", "at", "round", "task_id", "run_id")
 
 # ---------------------------------------------------------------------------------------------- image formats
 
@@ -130,7 +162,16 @@ SIDECAR_PREDICTION_FIELDS = ("model", "version", "status", "created_at", "starte
 METRIC_IMAGES_ASKED = "images_asked"
 METRIC_IMAGES_RETURNED = "images_returned"
 #: Every field of a sidecar.
-SIDECAR_FIELDS = ("format", "prediction_id", *SIDECAR_PREDICTION_FIELDS, "error", "metrics", "input", "images")
+SIDECAR_FIELDS = (
+    "format",
+    "prediction_id",
+    *SIDECAR_PREDICTION_FIELDS,
+    "error",
+    "metrics",
+    "input",
+    "images",
+    "review",
+)
 #: One image of a sidecar or a manifest line.
 RECORD_IMAGE_FIELDS = ("uri", "sha256", "bytes", "content_type", "source_url")
 #: Every field of a manifest line (every line has them all, so pandas and DuckDB read the file as one table).
@@ -148,4 +189,5 @@ MANIFEST_FIELDS = (
     "created_at",
     "completed_at",
     "metrics",
+    "review",
 )

@@ -55,6 +55,7 @@ __all__ = [  # the format names are the contract's; importable from here as they
     "load_record",
     "load_sidecar",
     "manifest_row",
+    "record_verdicts",
     "sidecar_record",
     "write_manifest",
     "write_sidecar",
@@ -123,6 +124,7 @@ class PredictionRecord:
     :param metrics: the service's metrics (``predict_time``, ``image_count``, ...).
     :param error: the service's error, if any.
     :param web_url: the prediction's page for people, if any.
+    :param review: the verdicts a review task gave its images (:data:`VERDICT_FIELDS`), oldest first.
     """
 
     format: str
@@ -138,6 +140,7 @@ class PredictionRecord:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     error: Any = None
     web_url: str | None = None
+    review: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PredictionRecord:
@@ -162,6 +165,7 @@ class PredictionRecord:
             metrics=dict(data.get("metrics") or {}),
             error=data.get("error"),
             web_url=data.get("web_url"),
+            review=_verdicts(data.get("review")),
         )
 
 
@@ -184,6 +188,7 @@ class ManifestRecord:
     :param created_at: when the service created the prediction, when it succeeded.
     :param completed_at: when it completed, when it succeeded.
     :param metrics: the service's metrics, when it succeeded.
+    :param review: the verdicts a review task gave the prompt's images (:data:`VERDICT_FIELDS`), oldest first.
     """
 
     format: str
@@ -199,6 +204,7 @@ class ManifestRecord:
     created_at: str | None = None
     completed_at: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
+    review: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def succeeded(self) -> bool:
@@ -228,6 +234,7 @@ class ManifestRecord:
             created_at=data.get("created_at"),
             completed_at=data.get("completed_at"),
             metrics=dict(data.get("metrics") or {}),
+            review=_verdicts(data.get("review")),
         )
 
 
@@ -244,7 +251,7 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
         content_type``), in output order.
     :return: ``{"format", "prediction_id", "model", "version", "status", "error", "created_at", "started_at",
         "completed_at", "metrics", "web_url", "input", "images": [{"uri", "sha256", "bytes", "content_type",
-        "source_url"}]}``.
+        "source_url"}], "review": []}``.
     """
     record: dict[str, Any] = {"format": SIDECAR_FORMAT, "prediction_id": str(prediction.get("id") or "")}
     for key in SIDECAR_PREDICTION_FIELDS:
@@ -270,6 +277,7 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
         )
         for image in images
     ]
+    record["review"] = []
     return record
 
 
@@ -312,10 +320,10 @@ def manifest_row(
     :param details: for a failed prompt, what is known of it: ``model``, ``input`` (as sent; recorded as a sidecar
         records it), ``created_at``, ``completed_at``.
     :return: ``{"format", "index", "prompt", "status", "prediction_id", "model", "error", "sidecar", "images",
-        "input", "created_at", "completed_at", "metrics"}``.
+        "input", "created_at", "completed_at", "metrics", "review"}``.
     """
     row: dict[str, Any] = dict.fromkeys(MANIFEST_FIELDS)
-    row.update(format=SIDECAR_FORMAT, index=int(index), prompt=str(prompt))
+    row.update(format=SIDECAR_FORMAT, index=int(index), prompt=str(prompt), review=[])
     if record is not None and failure is None:
         row.update(
             status=SUCCEEDED,
@@ -462,6 +470,47 @@ def load_manifests(folder: str | ObjectStoragePath) -> list[ManifestRecord]:
         if order is not None:
             found.append((order, entry))
     return [row for _, path in sorted(found, key=lambda item: item[0]) for row in load_manifest(path)]
+
+
+def record_verdicts(folder: str | ObjectStoragePath, verdicts: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """
+    Add a review's verdicts to the records of a folder: each prediction's sidecar and its line in every manifest of
+    the folder get them appended to their ``review`` list, each file rewritten whole (:func:`write_whole`).
+
+    A prediction without a sidecar here is skipped (its images were stored elsewhere); other lines stay as they were.
+
+    :param folder: the folder holding the images, their sidecars and manifests.
+    :param verdicts: per prediction id, its images' verdicts (:data:`VERDICT_FIELDS`).
+    :raises ProvenanceFormatError: for a sidecar or manifest line of a format this provider does not read.
+    """
+    base = as_storage_path(folder)
+    wanted = {check_prediction_id(pid): [dict(v) for v in given] for pid, given in verdicts.items() if given}
+    for prediction_id, added in wanted.items():
+        sidecar = base / sidecar_name(prediction_id)
+        if not sidecar.exists():
+            continue
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        _check_format(data, f"{sidecar}")
+        data["review"] = [*(data.get("review") or []), *added]
+        write_sidecar(base, data)
+    for entry in list(base.iterdir()) if base.exists() else []:
+        if _manifest_order(entry.name) is None:
+            continue
+        lines = [line for line in entry.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in lines]
+        touched = False
+        for row in rows:
+            more = wanted.get(str(row.get("prediction_id") or ""))
+            if isinstance(row, dict) and more:
+                row["review"] = [*(row.get("review") or []), *more]
+                touched = True
+        if touched:
+            write_manifest(base, rows, name=entry.name)
+
+
+def _verdicts(value: Any) -> tuple[Mapping[str, Any], ...]:
+    """A record's ``review`` list (absent in records written before reviews existed)."""
+    return tuple(dict(item) for item in value or () if isinstance(item, Mapping))
 
 
 def _manifest_order(name: str) -> int | None:

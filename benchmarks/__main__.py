@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from benchmarks import bench_accounts, bench_batch, bench_import, bench_triggers, bench_worker_slots
+from benchmarks import bench_accounts, bench_batch, bench_gallery, bench_import, bench_triggers, bench_worker_slots
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         bench_accounts.main(["--runs", "3"])
         bench_accounts.main(["--n", "2500", "--rps", "100", "--runs", "3"])
+    print("\n## (g) the gallery of a 1,000-image run in headless Chromium\n", flush=True)
+    bench_gallery.main(["--images", "200"] if args.quick else [])
     return 0
 
 

@@ -11,6 +11,8 @@ recorded before anything is opened.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 from airflow_provider_cometflux.contract import (
     BATCH_XCOM_KEYS,
     CONTENT_TYPES,
+    SUCCEEDED,
     XCOM_FAILURES,
     XCOM_IMAGES,
     XCOM_KEYS,
@@ -28,6 +31,7 @@ from airflow_provider_cometflux.contract import (
     XCOM_PREDICTION_IDS,
     XCOM_PREDICTIONS,
     XCOM_RETURN_VALUE,
+    XCOM_REVIEW,
     parse_stored_image_name,
 )
 
@@ -53,6 +57,7 @@ class Picture:
         past its lifetime) or ``missing`` (a recorded image without a usable location).
     :param uri: the stored URI, kept server-side only.
     :param url: the delivery URL (shown only while alive).
+    :param verdict: what a review task decided of it (``kept``, ``rejected``, ``pending``), if one reviewed it.
     """
 
     index: int
@@ -62,6 +67,7 @@ class Picture:
     sha256: str = ""
     size: int | None = None
     content_type: str = ""
+    verdict: str = ""
 
 
 @dataclass
@@ -230,6 +236,8 @@ def task_images(
     :param now: the current time (UTC).
     """
     now = now or datetime.now(timezone.utc)
+    if isinstance(xcoms.get(XCOM_REVIEW), Mapping):
+        return TaskImages(task_id, map_index, state, review_cards(task_id, map_index, xcoms[XCOM_REVIEW]))
     counter = [0]
     batch = any(key in xcoms for key in BATCH_XCOM_KEYS)
     if not batch:
@@ -270,6 +278,71 @@ def task_images(
         _pictures(card, stored, results[i] if i < len(results) else None, prediction, recorded_at, now, counter)
         cards.append(card)
     return TaskImages(task_id, map_index, state, cards)
+
+
+def review_cards(task_id: str, map_index: int, review: Mapping[str, Any]) -> list[Card]:
+    """
+    The cards of a review task: one per image under review (its current round's version), addressed by its slot.
+
+    :param review: the task's XCom ``review``.
+    """
+    cards = []
+    for position, image in enumerate(_as_list(review.get("images"))):
+        image = _as_map(image)
+        uri = _text(image.get("uri"))
+        size = image.get("bytes")
+        card = Card(
+            task_id,
+            map_index,
+            position,
+            prompt=_text(image.get("prompt")),
+            model=_text(image.get("model")),
+            status=SUCCEEDED if uri else "missing",
+            prediction_id=_text(image.get("prediction_id")),
+        )
+        card.pictures.append(
+            Picture(
+                index=position,
+                kind="stored" if uri else "missing",
+                uri=uri,
+                sha256=_text(image.get("sha256")),
+                size=size if isinstance(size, int) and not isinstance(size, bool) else None,
+                content_type=_text(image.get("content_type")),
+                verdict=_text(image.get("verdict")),
+            )
+        )
+        cards.append(card)
+    return cards
+
+
+def verdicts_by_uri(reviews: Iterable[Any]) -> dict[str, str]:
+    """:return: each reviewed image's verdict by its URI, from review XComs (a later round's wins)."""
+    found: dict[str, str] = {}
+    for review in reviews:
+        for round_ in _as_list(_as_map(review).get("rounds")):
+            for image in _as_list(_as_map(round_).get("images")):
+                image = _as_map(image)
+                if image.get("uri") and image.get("verdict"):
+                    found[_text(image["uri"])] = _text(image["verdict"])
+        for image in _as_list(_as_map(review).get("images")):
+            image = _as_map(image)
+            if image.get("uri") and image.get("verdict") and _text(image["uri"]) not in found:
+                found[_text(image["uri"])] = _text(image["verdict"])
+    return found
+
+
+def mark_verdicts(items: Iterable[TaskImages], verdicts: Mapping[str, str]) -> None:
+    """Give every stored picture reviewed elsewhere its verdict."""
+    for item in items:
+        for card in item.cards:
+            for picture in card.pictures:
+                if not picture.verdict and picture.uri in verdicts:
+                    picture.verdict = verdicts[picture.uri]
+
+
+def share_verdicts(items: Sequence[TaskImages]) -> None:
+    """Give the pictures of ``items`` the verdicts the review tasks among ``items`` gave the same images."""
+    mark_verdicts(items, {p.uri: p.verdict for card in all_cards(items) for p in card.pictures if p.verdict and p.uri})
 
 
 def stored_image_path(card: Card, picture: Picture) -> tuple[ObjectStoragePath, str]:
@@ -338,17 +411,66 @@ def load_task_images(
     states = {(t, m): _text(s) for t, m, s in session.execute(ti_query)}
     found: dict[tuple[str, int], dict[str, Any]] = {}
     recorded: dict[tuple[str, int], datetime] = {}
-    for row in session.scalars(query):
-        key = (row.task_id, row.map_index)
-        found.setdefault(key, {})[row.key] = XComModel.deserialize_value(row)
-        stamp = _parse_time(row.timestamp)
-        if stamp is not None and row.key in (XCOM_PREDICTION, XCOM_PREDICTIONS, XCOM_RETURN_VALUE):
-            recorded[key] = max(recorded.get(key, stamp), stamp)
-    return _order(
+    light = query.with_only_columns(XComModel.task_id, XComModel.map_index, XComModel.key, XComModel.timestamp)
+    rows = [(t, m, k, stamp, (dag_id, run_id, t, m, k, str(stamp))) for t, m, k, stamp in session.execute(light)]
+    values = _cached_values([row[4] for row in rows])
+    missing = [row for row in rows if row[4] not in values]
+    if missing:  # read and parse only what changed since the last request (a batch's XComs are large)
+        wanted = {(t, m, k) for t, m, k, _, _ in missing}
+        full = query.where(XComModel.task_id.in_({t for t, _, _ in wanted}), XComModel.key.in_({k for *_, k in wanted}))
+        for row in session.scalars(full):
+            ident = (dag_id, run_id, row.task_id, row.map_index, row.key, str(row.timestamp))
+            values[ident] = XComModel.deserialize_value(row)
+        _cache_values(values)
+    for t, m, k, stamp, ident in rows:
+        if ident not in values:
+            continue
+        found.setdefault((t, m), {})[k] = values[ident]
+        when = _parse_time(stamp)
+        if when is not None and k in (XCOM_PREDICTION, XCOM_PREDICTIONS, XCOM_RETURN_VALUE):
+            recorded[(t, m)] = max(recorded.get((t, m), when), when)
+    items = _order(
         task_images(t, m, states.get((t, m), ""), xcoms, recorded_at=recorded.get((t, m)), now=now)
         for (t, m), xcoms in found.items()
         if OWN_KEYS & xcoms.keys()
     )
+    reviews = [xcoms[XCOM_REVIEW] for xcoms in found.values() if XCOM_REVIEW in xcoms]
+    if task_id is not None:  # the reviews of this run's other tasks
+        others = select(XComModel).where(
+            XComModel.dag_id == dag_id,
+            XComModel.run_id == run_id,
+            XComModel.key == XCOM_REVIEW,
+            XComModel.task_id != task_id,
+        )
+        reviews += [XComModel.deserialize_value(row) for row in session.scalars(others)]
+    mark_verdicts(items, verdicts_by_uri(reviews))
+    return items
+
+
+#: Parsed XCom values by (dag, run, task, map index, key, timestamp): a changed XCom has a new timestamp.
+_VALUES: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+#: The most parsed values kept (a 1,000-prompt batch is five of them).
+MAX_CACHED_VALUES = 512
+_values_lock = threading.Lock()
+
+
+def _cached_values(idents: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], Any]:
+    with _values_lock:
+        found = {}
+        for ident in idents:
+            if ident in _VALUES:
+                _VALUES.move_to_end(ident)
+                found[ident] = _VALUES[ident]
+        return found
+
+
+def _cache_values(values: Mapping[tuple[Any, ...], Any]) -> None:
+    with _values_lock:
+        for ident, value in values.items():
+            _VALUES[ident] = value
+            _VALUES.move_to_end(ident)
+        while len(_VALUES) > MAX_CACHED_VALUES:
+            _VALUES.popitem(last=False)
 
 
 def all_cards(items: Sequence[TaskImages]) -> list[Card]:

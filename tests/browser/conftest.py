@@ -13,8 +13,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,17 +26,12 @@ import requests
 
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
 from tests.airflow_db import migrated
+from tests.hitl_run import free_port, stop
 
 HERE = Path(__file__).parent
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAG_ID = "cometflux_browser"
 VIEWER = "vera"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -60,20 +53,6 @@ class UIServer:
         resp = requests.post(self.url("/auth/token"), json={"username": VIEWER, "password": self.password}, timeout=30)
         assert resp.status_code == 201, resp.text
         return str(resp.json()["access_token"])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process started in its own session: its group by PID, TERM then KILL."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def base_env(home: Path, port: int, passwords: Path, images: Path) -> dict[str, str]:

@@ -180,7 +180,7 @@ def test_the_views_show_decoded_pictures_and_their_prompts_in_chromium(browser: 
     assert len(gallery["images"]) == 7 and all(i["w"] > 0 for i in gallery["images"]), gallery
     for prompt in (SINGLE, *MAPPED, *BATCH, UNSTORED):
         assert prompt in gallery["text"], prompt
-    delivery = [i for i in gallery["images"] if "/cometflux/image/" not in i["src"]]
+    delivery = [i for i in gallery["images"] if "/cometflux/thumb/" not in i["src"]]
     assert len(delivery) == 1, "the unstored prediction's live delivery URL"
 
     browser.switch_to.default_content()

@@ -28,3 +28,18 @@ def test_redact_hides_values_under_sensitive_names() -> None:
 
 def test_amask_secret_is_a_coroutine_function() -> None:
     asyncio.run(_compat.amask_secret_function()("sim-secret-value"))
+
+
+def test_the_review_operator_needs_airflow_3_1_and_says_so_at_parse_time() -> None:
+    import importlib
+    import sys
+
+    import pytest
+
+    if _compat.hitl_supported():
+        hitl, skip = _compat.hitl_classes()
+        assert hitl.__name__ == "HITLOperator" and skip.__name__ == "SkipMixin"
+        return
+    sys.modules.pop("airflow_provider_cometflux.operators.review", None)
+    with pytest.raises(ImportError, match=r"CometFluxReviewOperator needs Airflow 3\.1\+"):
+        importlib.import_module("airflow_provider_cometflux.operators.review")

@@ -166,6 +166,8 @@ ROUTES = [
     f"/ti/{DAG}/{RUN}/generate?map_index=-1",
     f"/run/{DAG}/{RUN}",
     f"/image/{DAG}/{RUN}/generate/-1/0",
+    f"/thumb/{DAG}/{RUN}/generate/-1/0",
+    f"/kept/{DAG}/{RUN}.zip",
 ]
 
 
@@ -209,7 +211,8 @@ def test_the_task_instance_view_shows_the_picture_and_what_made_it(
     response = client.get(f"/ti/{DAG}/{RUN}/generate", params={"map_index": "-1"}, headers=viewer)
     assert response.status_code == 200
     page = response.text
-    assert '<img src="/image/flux/' in page and '/generate/-1/0"' in page
+    assert '<a class="pic" href="/image/flux/' in page and '/generate/-1/0"' in page
+    assert '<img src="/thumb/flux/' in page
     for text in ("a lighthouse", "black-forest-labs/flux-schnell", "16:9", ">7<", ">png<", "succeeded", "1.25 s"):
         assert text in page
     assert PID in page and "ab" * 32 in page
@@ -376,3 +379,130 @@ def test_the_plugin_is_loaded_from_its_entry_point():
     views = {view["destination"]: view for view in plugin.external_views}
     assert views["task_instance"]["href"] == "/cometflux/ti/{DAG_ID}/{RUN_ID}/{TASK_ID}?map_index={MAP_INDEX}"
     assert views["dag_run"]["href"] == "/cometflux/run/{DAG_ID}/{RUN_ID}"
+
+
+def review_xcom(uris: list[str], verdicts: list[str], pids: list[str]) -> dict[str, Any]:
+    """A review task's XCom ``review`` after one answered round."""
+    images = [
+        {
+            "slot": i,
+            "uri": uri,
+            "prompt": f"prompt {i}",
+            "prediction_id": pid,
+            "model": "black-forest-labs/flux-schnell",
+            "sha256": "",
+            "bytes": None,
+            "content_type": "image/png",
+            "round": 1,
+            "verdict": verdict,
+            "by": "rita",
+            "at": NOW.isoformat(),
+        }
+        for i, (uri, verdict, pid) in enumerate(zip(uris, verdicts, pids, strict=True))
+    ]
+    rounds = [{"round": 1, "by": "rita", "at": NOW.isoformat(), "kept": [], "redo": False, "images": images}]
+    return {"round": 1, "max_rounds": 1, "options": [], "images": images, "rounds": rounds}
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, records: Records) -> list[Path]:
+    """A batch of three stored PNGs and a review that kept the first and the last."""
+    files = []
+    for i, color in enumerate(("red", "green", "blue")):
+        target = tmp_path / f"p{i}-0.png"
+        target.write_bytes(png(color))
+        files.append(target)
+    records.add(
+        "generate",
+        {
+            "prediction_ids": ["p0", "p1", "p2"],
+            "predictions": [prediction(f"p{i}", f"prompt {i}") for i in range(3)],
+            "images": [[{"uri": f.as_uri(), "bytes": f.stat().st_size, "sha256": ""}] for f in files],
+            "return_value": [[f.as_uri()] for f in files],
+        },
+    )
+    records.add(
+        "review", {"review": review_xcom([f.as_uri() for f in files], ["kept", "rejected", "kept"], ["p0", "p1", "p2"])}
+    )
+    return files
+
+
+def test_verdicts_show_as_badges_on_the_reviewed_images_and_in_the_review_task(
+    client: TestClient, viewer: dict[str, str], reviewed: list[Path]
+):
+    page = client.get(f"/run/{DAG}/{RUN}", headers=viewer).text
+    assert page.count('class="verdict kept"') == 4 and page.count('class="verdict rejected"') == 2
+    view = client.get(f"/ti/{DAG}/{RUN}/review", headers=viewer).text
+    assert view.count('class="verdict kept"') == 2 and "prompt 1" in view
+    assert client.get(f"/image/{DAG}/{RUN}/review/-1/2", headers=viewer).content == reviewed[2].read_bytes()
+
+
+def test_the_gallery_filters_by_verdict_task_and_status(
+    client: TestClient, viewer: dict[str, str], reviewed: list[Path]
+):
+    page = client.get(f"/run/{DAG}/{RUN}", params={"verdict": "kept", "task": "generate"}, headers=viewer).text
+    assert page.count("<img ") == 2 and "prompt 1" not in page.split("</form>")[1]
+    page = client.get(f"/run/{DAG}/{RUN}", params={"status": "failed"}, headers=viewer).text
+    assert "No image matches these filters." in page
+
+
+def test_the_gallery_pages_its_cards(client: TestClient, viewer: dict[str, str], records: Records):
+    records.add("many", {"prediction_ids": [f"p{i}" for i in range(100)], "return_value": [[] for _ in range(100)]})
+    page = client.get(f"/run/{DAG}/{RUN}", headers=viewer).text
+    assert page.count('class="card"') == 48 and "page 1 of 3" in page and "page=2" in page
+    last = client.get(f"/run/{DAG}/{RUN}", params={"page": 3}, headers=viewer).text
+    assert last.count('class="card"') == 4 and "page=2" in last
+
+
+def test_thumbnails_are_small_webp_made_once(
+    client: TestClient, viewer: dict[str, str], records: Records, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("COMETFLUX_THUMBNAIL_CACHE", str(cache))
+    buf = io.BytesIO()
+    Image.new("RGB", (1024, 768), "red").save(buf, format="PNG")
+    big = tmp_path / "big" / "pbig-0.png"
+    big.parent.mkdir()
+    big.write_bytes(buf.getvalue())
+    image = {"uri": big.as_uri(), "bytes": big.stat().st_size, "sha256": "cd" * 32}
+    records.add("big", {"prediction_id": "pbig", "prediction": prediction("pbig"), "images": [image]})
+    response = client.get(f"/thumb/{DAG}/{RUN}/big/-1/0", headers=viewer)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/webp"
+    assert Image.open(io.BytesIO(response.content)).size == (320, 240)
+    (made,) = cache.iterdir()
+    first = made.stat().st_mtime_ns
+    assert client.get(f"/thumb/{DAG}/{RUN}/big/-1/0", headers=viewer).content == response.content
+    assert [p.name for p in cache.iterdir()] == [made.name] and made.stat().st_mtime_ns >= first
+    again = {**viewer, "If-None-Match": response.headers["etag"]}
+    assert client.get(f"/thumb/{DAG}/{RUN}/big/-1/0", headers=again).status_code == 304
+
+
+def test_the_kept_images_download_as_one_zip(client: TestClient, viewer: dict[str, str], reviewed: list[Path]):
+    import zipfile
+
+    response = client.get(f"/kept/{DAG}/{RUN}.zip", headers=viewer)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert archive.namelist() == ["0001-p0-0.png", "0002-p2-0.png"]
+        assert archive.read("0002-p2-0.png") == reviewed[2].read_bytes()
+
+
+def test_no_zip_without_a_kept_image(client: TestClient, viewer: dict[str, str], stored: bytes):
+    assert client.get(f"/kept/{DAG}/{RUN}.zip", headers=viewer).status_code == 404
+
+
+def test_the_thumbnail_cache_stays_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from airflow_provider_cometflux.plugins import thumbnails
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("COMETFLUX_THUMBNAIL_CACHE", str(cache))
+    monkeypatch.setattr(thumbnails, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(thumbnails, "TRIM_EVERY", 1)
+    from airflow.sdk import ObjectStoragePath
+
+    for i in range(6):
+        image = tmp_path / f"p{i}-0.png"
+        image.write_bytes(png(("red", "green", "blue", "white", "black", "gray")[i]))
+        data = thumbnails.thumbnail(ObjectStoragePath(image.as_uri()), uri=image.as_uri(), sha256="", size=i)
+        assert data is not None and data[:4] == b"RIFF"
+    assert len(list(cache.iterdir())) == 3
