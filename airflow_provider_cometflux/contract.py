@@ -24,6 +24,10 @@ XCOM_PREDICTIONS = "predictions"
 XCOM_FAILURES = "failures"
 #: Why a batch's prompts have no prediction, by position (kept for the task's completion; not for users).
 XCOM_CREATE_ERRORS = "_cometflux_create_errors"
+#: What the task's predictions cost (:data:`COST_FIELDS`); reused images at 0.
+XCOM_COST = "cost"
+#: The predictions a task reused from ``reuse_path``, by position (kept across the deferral; not for users).
+XCOM_REUSED = "_cometflux_reused"
 #: Airflow's own key: the stored URIs, or the delivery URLs without ``output_path`` (a list per prompt in a batch).
 XCOM_RETURN_VALUE = "return_value"
 
@@ -35,11 +39,20 @@ XCOM_KEYS = (
     XCOM_FAILURES,
     XCOM_PREDICTION_IDS,
     XCOM_PREDICTION_ID,
+    XCOM_COST,
     XCOM_RETURN_VALUE,
 )
 #: The keys only a batch writes.
 BATCH_XCOM_KEYS = (XCOM_PREDICTION_IDS, XCOM_PREDICTIONS, XCOM_FAILURES)
 
+#: XCom :data:`XCOM_COST`: US dollars (``None`` when a model has no price), images, predictions, reused predictions.
+COST_FIELDS = ("usd", "images", "predictions", "reused")
+#: A prediction record's field (XCom ``prediction``, sidecar, manifest line): ``{"usd", "images"}`` of that prediction.
+RECORD_COST = "cost"
+#: A prediction record's field saying where its images were reused from (:data:`REUSED_FROM_FIELDS`), else ``None``.
+RECORD_REUSED_FROM = "reused_from"
+#: The earlier prediction whose stored images were copied, and the folder they were copied from.
+REUSED_FROM_FIELDS = ("prediction_id", "stored_in")
 #: One entry of XCom :data:`XCOM_IMAGES`.
 IMAGE_FIELDS = ("uri", "source_url", "sha256", "bytes", "content_type")
 #: One entry of XCom :data:`XCOM_FAILURES`.
@@ -125,7 +138,17 @@ SUCCEEDED = "succeeded"
 #: The fields of the prediction a sidecar copies as they are.
 SIDECAR_PREDICTION_FIELDS = ("model", "version", "status", "created_at", "started_at", "completed_at", "web_url")
 #: Every field of a sidecar.
-SIDECAR_FIELDS = ("format", "prediction_id", *SIDECAR_PREDICTION_FIELDS, "error", "metrics", "input", "images")
+SIDECAR_FIELDS = (
+    "format",
+    "prediction_id",
+    *SIDECAR_PREDICTION_FIELDS,
+    "error",
+    "metrics",
+    "input",
+    "images",
+    RECORD_COST,
+    RECORD_REUSED_FROM,
+)
 #: One image of a sidecar or a manifest line.
 RECORD_IMAGE_FIELDS = ("uri", "sha256", "bytes", "content_type", "source_url")
 #: Every field of a manifest line (every line has them all, so pandas and DuckDB read the file as one table).
@@ -143,4 +166,19 @@ MANIFEST_FIELDS = (
     "created_at",
     "completed_at",
     "metrics",
+    RECORD_COST,
+    RECORD_REUSED_FROM,
 )
+
+# ---------------------------------------------------------------------------------------------- reuse index
+
+#: The format (and its version) of an entry of the index under ``reuse_path``.
+REUSE_FORMAT = "cometflux.reuse/1"
+
+
+def reuse_entry_name(key: str) -> str:
+    """
+    :param key: a reuse key (a sha256 hex digest of the model and the whole input).
+    :return: the index entry's file name under ``reuse_path``: ``<key>.json``.
+    """
+    return f"{key}.json"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, ObjectStoragePath
     from airflow.triggers.base import BaseTrigger
 
+    from airflow_provider_cometflux.cost import Price
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
     from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
 
@@ -66,6 +67,12 @@ class Engine:
         self.download_concurrency = check_count("download_concurrency", download_concurrency)
         #: The predictions the task made or watched, for OpenLineage.
         self.prediction_ids: list[str] = []
+        #: XCom ``cost`` of the task once its predictions are recorded, for OpenLineage.
+        self.cost: dict[str, Any] | None = None
+
+    def record_cost(self, cost: dict[str, Any]) -> None:
+        """Keep the task's XCom ``cost`` (the completion's ``on_cost``)."""
+        self.cost = dict(cost)
 
     @cached_property
     def hook(self) -> CometAPIHook:
@@ -73,16 +80,31 @@ class Engine:
 
         return CometAPIHook(self.cometapi_conn_id)
 
-    def outputs(self, output_path: str | ObjectStoragePath | None, model_input: object = None) -> Outputs:
+    def outputs(
+        self,
+        output_path: str | ObjectStoragePath | None,
+        model_input: object = None,
+        *,
+        reuse_path: str | ObjectStoragePath | None = None,
+        prices: Mapping[str, Price] | None = None,
+    ) -> Outputs:
         """
         Where and how the task keeps its images.
 
         :param output_path: the rendered ``output_path``.
         :param model_input: the rendered ``input``, whose ``output_format`` the delivered files must match.
+        :param reuse_path: the reuse index a new success is added to, if any.
+        :param prices: the price table costs are recorded with (``None``: the default table).
         """
         output_format = model_input.get("output_format") if isinstance(model_input, Mapping) else None
         return Outputs(
-            output_path, output_format, self.max_output_bytes, self.download_timeout, self.download_concurrency
+            output_path,
+            output_format,
+            self.max_output_bytes,
+            self.download_timeout,
+            self.download_concurrency,
+            reuse_path=reuse_path,
+            prices=prices,
         )
 
     def prediction_trigger(
@@ -110,5 +132,5 @@ class Engine:
 
         folders = [str(output_path)] if output_path else []
         return operator_lineage(
-            model=model, prediction_ids=list(self.prediction_ids), output_folders=folders, failed=failed
+            model=model, prediction_ids=list(self.prediction_ids), output_folders=folders, failed=failed, cost=self.cost
         )

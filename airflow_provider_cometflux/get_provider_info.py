@@ -10,6 +10,8 @@ from airflow_provider_cometflux import __version__
 DEFAULT_BASE_URL = "https://api.cometapi.com"
 #: The connection extra holding the optional request ceiling.
 REQUESTS_PER_MINUTE = "requests_per_minute"
+#: The connection extra of the account's prices, ``{"<owner/name>": <USD per image>}`` (set in the extra's JSON).
+PRICES = "prices"
 
 
 def get_provider_info() -> dict[str, Any]:
