@@ -229,13 +229,13 @@ def _copy_reused(entry: Mapping[str, Any], folder: str | ObjectStoragePath) -> l
 def _add_to_index(outputs: Outputs, model: str, sent: Mapping[str, Any] | None, finished: Finished) -> None:
     """Add a new success to the reuse index; a store that refuses only costs a later run a create (logged)."""
     from airflow_provider_cometflux.reuse import ReuseIndex
+    from airflow_provider_cometflux.storage import as_storage_path
 
     if sent is None or not model:
         return
     try:
-        ReuseIndex(outputs.reuse_path).add(  # type: ignore[arg-type]
-            model, sent, finished.record, finished.images, str(outputs.output_path)
-        )
+        stored_in = str(as_storage_path(outputs.output_path))  # type: ignore[arg-type]
+        ReuseIndex(outputs.reuse_path).add(model, sent, finished.record, finished.images, stored_in)  # type: ignore[arg-type]
     except Exception as exc:
         log.warning(
             "Could not add prediction %s to the reuse index %s: %s",
