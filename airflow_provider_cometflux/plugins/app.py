@@ -23,6 +23,7 @@ from airflow_provider_cometflux.plugins.records import (
     Card,
     TaskImages,
     load_task_images,
+    run_cost,
     stored_image_path,
 )
 
@@ -94,6 +95,8 @@ dt { color: var(--muted); } dd { margin: 0; word-break: break-all; }
       {% if c.output_format %}<dt>format</dt><dd>{{ c.output_format }}</dd>{% endif %}
       {% if c.predict_time is not none %}<dt>prediction time</dt><dd>{{ "%.2f"|format(c.predict_time) }} s</dd>
       {% endif %}
+      {% if c.cost_usd is not none %}<dt>cost</dt><dd>${{ "%.4f"|format(c.cost_usd) }}{% if c.reused_from %}
+      (reused from {{ c.reused_from }}){% endif %}</dd>{% endif %}
       {% if c.prediction_id %}<dt>prediction</dt><dd>{{ c.prediction_id }}</dd>{% endif %}
       {% for p in c.pictures %}{% if p.sha256 %}<dt>sha256{% if c.pictures|length > 1 %} #{{ loop.index0 }}
       {% endif %}</dt><dd>{{ p.sha256 }}</dd>{% endif %}{% endfor %}
@@ -149,6 +152,8 @@ def _card_view(request: Request, dag_id: str, run_id: str, item: TaskImages, car
         "seed": card.seed,
         "output_format": card.output_format,
         "predict_time": card.predict_time,
+        "cost_usd": card.cost_usd,
+        "reused_from": card.reused_from,
         "prediction_id": card.prediction_id,
         "prompt_index": card.prompt_index,
         "pictures": pictures,
@@ -236,13 +241,15 @@ def create_app() -> FastAPI:
         _no_wildcard(dag_id)
         items = source(dag_id, run_id)
         count = sum(len(card.pictures) for item in items for card in item.cards)
+        total = run_cost(items)
+        spent = "" if total is None else f" · ${total:.4f} in total"
         return _page(
             request,
             dag_id=dag_id,
             run_id=run_id,
             items=items,
             title=f"Image gallery of {dag_id}",
-            subtitle=f"{run_id} · {count} image{'s' if count != 1 else ''}",
+            subtitle=f"{run_id} · {count} image{'s' if count != 1 else ''}{spent}",
             other_href="",
             other_label="",
             empty="No task of this run recorded CometFlux images.",

@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from airflow_provider_cometflux.contract import (
     BATCH_XCOM_KEYS,
     CONTENT_TYPES,
+    RECORD_COST,
+    RECORD_REUSED_FROM,
     XCOM_FAILURES,
     XCOM_IMAGES,
     XCOM_KEYS,
@@ -81,6 +83,10 @@ class Card:
     prediction_id: str = ""
     error: str = ""
     completed_at: str = ""
+    #: what the prediction cost in US dollars (0 when reused), from its record's ``cost``
+    cost_usd: float | None = None
+    #: the earlier prediction its images were reused from (``reuse_path``)
+    reused_from: str = ""
     pictures: list[Picture] = field(default_factory=list)
 
 
@@ -162,6 +168,10 @@ def _fill(card: Card, prediction: Mapping[str, Any] | None) -> None:
     card.prediction_id = _text(prediction.get("id")) or card.prediction_id
     card.error = _text(prediction.get("error")) or card.error
     card.completed_at = _text(prediction.get("completed_at"))
+    usd = _as_map(prediction.get(RECORD_COST)).get("usd")
+    if isinstance(usd, (int, float)) and not isinstance(usd, bool):
+        card.cost_usd = float(usd)
+    card.reused_from = _text(_as_map(prediction.get(RECORD_REUSED_FROM)).get("prediction_id"))
     predict_time = metrics.get("predict_time")
     if isinstance(predict_time, (int, float)) and not isinstance(predict_time, bool):
         card.predict_time = float(predict_time)
@@ -270,6 +280,12 @@ def task_images(
         _pictures(card, stored, results[i] if i < len(results) else None, prediction, recorded_at, now, counter)
         cards.append(card)
     return TaskImages(task_id, map_index, state, cards)
+
+
+def run_cost(items: Iterable[TaskImages]) -> float | None:
+    """What the cards of a run cost in total (reused ones at 0), or ``None`` when no card recorded a cost."""
+    costs = [card.cost_usd for item in items for card in item.cards if card.cost_usd is not None]
+    return round(sum(costs), 6) if costs else None
 
 
 def stored_image_path(card: Card, picture: Picture) -> tuple[ObjectStoragePath, str]:
