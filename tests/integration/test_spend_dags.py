@@ -91,3 +91,16 @@ def test_a_budget_refusal_makes_no_request(dags_test, cometapi_simulator, tmp_pa
     assert "max_cost_usd: the estimate $0.0120 for 1 prediction(s)" in logs and "above the budget $0.0100" in logs
     assert cometapi_simulator.stats["requests"] == 0
     assert "try_number=2" not in logs  # not retried
+
+
+def test_the_spend_example_pays_once_across_runs(dags_test, cometapi_simulator, tmp_path):
+    from tests.integration.conftest import EXAMPLE_DAGS
+
+    first = dags_test("cometflux_spend", folder=EXAMPLE_DAGS)
+    assert set(first.states.values()) == {"success"}, first.output[-4000:]
+    assert first.xcom("report") == {"usd": 0.009, "images": 3, "predictions": 3, "reused": 0}
+    second = dags_test("cometflux_spend", folder=EXAMPLE_DAGS)
+    assert set(second.states.values()) == {"success"}, second.output[-4000:]
+    assert second.xcom("report") == {"usd": 0.0, "images": 3, "predictions": 3, "reused": 3}
+    assert cometapi_simulator.stats["creates"] == 3
+    assert len(list((tmp_path / "images" / "catalogue").glob("*/*.png"))) == 6  # each run has its own copies
