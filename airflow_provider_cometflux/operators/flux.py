@@ -185,6 +185,20 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
     def finish(self, context: Context, job: PredictionJob, events: list[dict[str, Any] | None]) -> list[str]:
         return self.execute_complete(context, events[0], sent_input=job.payloads[0])
 
+    def _sent_input(self) -> dict[str, Any]:
+        """
+        After a deferral, the input as sent (the reuse index's key): rebuilt from the rendered input; an input
+        that no longer rebuilds (an inline image kept only as its digest) keys by what is recorded of it, since
+        the key counts an inline image by its sha256 either way.
+        """
+        from airflow_provider_cometflux.completion import recordable
+        from airflow_provider_cometflux.exceptions import CometFluxInputError
+
+        try:
+            return self.payloads()[0]
+        except CometFluxInputError:
+            return recordable(self._request_input())
+
     def execute_complete(
         self, context: Context, event: dict[str, Any] | None = None, sent_input: dict[str, Any] | None = None
     ) -> list[str]:
@@ -203,7 +217,7 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         outputs = self.outputs(self.input)
         sent = sent_input
         if sent is None and outputs.reuse_path and isinstance(event, dict) and event.get("status") == "succeeded":
-            sent = self.payloads()[0]  # after a deferral: the input as sent, the reuse index's key
+            sent = self._sent_input()
         return complete_one(
             context,
             event,

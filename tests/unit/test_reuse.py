@@ -137,3 +137,10 @@ def test_tasks_adding_the_same_key_at_once_leave_a_whole_readable_entry(tmp_path
     assert not failed
     assert json.loads(entry_file.read_text())["prediction_id"] in {"p1", "p2"} and seen
     assert [p.name for p in folder.iterdir()] == [entry_file.name]  # no temporary file left
+
+
+def test_a_recorded_inline_image_keys_as_the_data_uri_sent():
+    from airflow_provider_cometflux.completion import recordable
+
+    sent = {"prompt": "a cat", "image": data_uri(PNG)}
+    assert reuse_key(SCHNELL, recordable(sent)) == reuse_key(SCHNELL, sent)
