@@ -200,7 +200,7 @@ def finish_prediction(
             )
         images = images_metadata(stored)
         finished = Finished(record, [image.uri for image in stored], images)
-        _write_sidecar(outputs, finished)
+        _write_sidecar(outputs, finished, keep_existing=entry is not None and _same_folder(entry, folder))
     except CometFluxInputError as exc:  # the output folder refused it after a paid success: name the way back
         raise storage_failed(prediction.id, folder, urls, exc) from exc
     except CometFluxError:  # a delivery URL's answer (expired, too large...): its own message says what to do
@@ -262,12 +262,29 @@ def storage_failed(prediction_id: str, folder: object, urls: Sequence[str], exc:
     )
 
 
-def _write_sidecar(outputs: Outputs, finished: Finished) -> None:
-    """The provenance sidecar ``<output_path>/<prediction_id>.json``, written after the images."""
+def _write_sidecar(outputs: Outputs, finished: Finished, *, keep_existing: bool = False) -> None:
+    """
+    The provenance sidecar ``<output_path>/<prediction_id>.json``, written after the images; with
+    ``keep_existing`` (images reused in the very folder they were made in) the sidecar of the run that paid for
+    them is kept as it is, so it still says what they cost.
+    """
+    from airflow_provider_cometflux.contract import sidecar_name
     from airflow_provider_cometflux.provenance import sidecar_record, write_sidecar
+    from airflow_provider_cometflux.storage import as_storage_path
 
     finished.provenance = sidecar_record(finished.record, finished.images)
+    existing = as_storage_path(outputs.output_path) / sidecar_name(finished.prediction_id)  # type: ignore[arg-type]
+    if keep_existing and existing.exists():
+        finished.sidecar = str(existing)
+        return
     finished.sidecar = write_sidecar(outputs.output_path, finished.provenance)  # type: ignore[arg-type]
+
+
+def _same_folder(entry: Mapping[str, Any], folder: str | ObjectStoragePath) -> bool:
+    """Whether a reused entry's images are stored in ``folder`` itself."""
+    from airflow_provider_cometflux.storage import as_storage_path
+
+    return str(as_storage_path(str(entry.get("stored_in") or ""))) == str(as_storage_path(folder))
 
 
 def cancel_timed_out(hook: CometAPIHook, events: Sequence[Any]) -> None:

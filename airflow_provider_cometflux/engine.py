@@ -7,6 +7,7 @@ predictions the task ran (for OpenLineage). The operators' sequence (create, rec
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -18,14 +19,14 @@ from airflow_provider_cometflux.checks import check_count, check_seconds
 from airflow_provider_cometflux.completion import Outputs
 
 if TYPE_CHECKING:
-    import logging
-
     from airflow.sdk import BaseOperator, ObjectStoragePath
     from airflow.triggers.base import BaseTrigger
 
     from airflow_provider_cometflux.cost import Price
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
     from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+
+log = logging.getLogger(__name__)
 
 #: Extra time the triggerer gets past ``timeout`` before Airflow itself fails the deferred task; the trigger fires
 #: its own ``timeout`` event at ``timeout``, so this only matters when the triggerer is overloaded.
@@ -106,6 +107,23 @@ class Engine:
             reuse_path=reuse_path,
             prices=prices,
         )
+
+    def price_table(self, task_prices: Mapping[str, Price] | None = None, *, strict: bool = False) -> dict[str, Price]:
+        """
+        The prices a task records and budgets with: the default table, then the connection extra ``prices``, then
+        the task's. A connection that cannot be read raises with ``strict`` (before any create), else is logged and
+        skipped (after a paid success, recording must not fail on it).
+        """
+        from airflow_provider_cometflux.cost import price_table
+
+        try:
+            account = self.hook.prices
+        except Exception as exc:
+            if strict:
+                raise
+            log.warning("The connection's prices could not be read (%s); using the others.", exc)
+            account = {}
+        return price_table(account, task_prices or {})
 
     def prediction_trigger(
         self, prediction_id: str, *, poll_interval: float, end_time: float, log: logging.Logger | Any

@@ -190,16 +190,7 @@ class CometFluxBaseOperator(BaseOperator):
         then the task's ``prices``. A connection that cannot be read raises with ``strict`` (before any create),
         else is logged and skipped (after a paid success, recording must not fail on it).
         """
-        from airflow_provider_cometflux.cost import price_table
-
-        try:
-            account = self.engine.hook.prices
-        except Exception as exc:
-            if strict:
-                raise
-            self.log.warning("The connection's prices could not be read (%s); using the others.", exc)
-            account = {}
-        return price_table(account, self._task_prices)
+        return self.engine.price_table(self._task_prices, strict=strict)
 
     def _budget(self, job: PredictionJob) -> CreateBudget | None:
         """``max_cost_usd``: refuse before any request when the estimate is above it, else the budget to create by."""

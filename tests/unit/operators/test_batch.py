@@ -294,3 +294,16 @@ def test_task_prices_override_the_table(cometapi_connection):
     batch_operator(prompts=["a"], prices={"black-forest-labs/flux-schnell": 0.5}).execute(ctx)
     assert ctx["ti"].xcoms["cost"]["usd"] == 0.5
     assert ctx["ti"].xcoms[XCOM_PREDICTIONS][0]["cost"] == {"usd": 0.5, "images": 1}
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_reused_in_the_folder_it_was_made_in_keeps_the_paying_runs_sidecar(cometapi_connection, tmp_path):
+    from airflow_provider_cometflux.provenance import load_manifests, load_record
+
+    ((uri,),) = spend_operator(tmp_path, "same", ["a"]).execute(context())
+    again = context()
+    assert spend_operator(tmp_path, "same", ["a"]).execute(again) == [[uri]]
+    assert load_record(uri).cost == {"usd": 0.003, "images": 1} and load_record(uri).reused_from is None
+    (row,) = load_manifests(tmp_path / "same")  # this run's manifest says it was reused
+    assert row.cost == {"usd": 0.0, "images": 1} and row.reused_from["prediction_id"] == Path(uri).name.split("-")[0]
+    assert cometapi_connection.stats["created"] == 1
