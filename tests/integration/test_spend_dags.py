@@ -104,3 +104,43 @@ def test_the_spend_example_pays_once_across_runs(dags_test, cometapi_simulator, 
     assert second.xcom("report") == {"usd": 0.0, "images": 3, "predictions": 3, "reused": 3}
     assert cometapi_simulator.stats["creates"] == 3
     assert len(list((tmp_path / "images" / "catalogue").glob("*/*.png"))) == 6  # each run has its own copies
+
+
+@pytest.mark.cometapi_simulator(run_seconds=2)
+def test_two_mapped_tasks_running_at_once_leave_a_readable_index(tmp_path_factory, cometapi_simulator, tmp_path):
+    """
+    The two map indexes of one task in two processes at the same time, as two workers run them (each with its own
+    metadata database, so only the store and the service are shared): at worst both create; one whole entry.
+    """
+    import subprocess
+
+    from tests.integration.conftest import AIRFLOW, TEST_DAGS, airflow_env, migrated_home
+
+    conn = {"conn_type": "cometapi", "host": cometapi_simulator.base_url, "password": cometapi_simulator.api_key}
+    command = [AIRFLOW, "tasks", "test", "it_reuse_mapped", "generate", "--map-index"]
+    procs = []
+    for i in (0, 1):
+        env = airflow_env(
+            migrated_home(tmp_path_factory, f"worker-{i}"),
+            AIRFLOW__CORE__DAGS_FOLDER=str(TEST_DAGS),
+            AIRFLOW_CONN_COMETAPI_DEFAULT=json.dumps(conn),
+            COMETFLUX_IT_OUTPUT=(tmp_path / "images").as_uri(),
+            COMETFLUX_IT_RUN="together",
+        )
+        procs.append(
+            subprocess.Popen([*command, str(i)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=240)[0])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert [proc.returncode for proc in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert 1 <= cometapi_simulator.stats["creates"] <= 2  # at worst both create
+    (entry,) = index_entries(tmp_path)  # one key, one whole, readable entry
+    assert entry["format"] == "cometflux.reuse/1" and len(entry["images"]) == 1
+    assert not list((tmp_path / "images" / "reuse-index").glob(".*"))
