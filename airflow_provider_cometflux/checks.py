@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from airflow_provider_cometflux.exceptions import CometFluxInputError
 
 
@@ -52,3 +54,43 @@ def check_queue(name: str, value: object) -> str | None:
             "no comma)."
         )
     return value
+
+
+def check_usd(name: str, value: object) -> float | None:
+    """
+    :raises CometFluxInputError: when ``value`` is neither ``None`` nor a number of US dollars above 0.
+    """
+    if value is None:
+        return None
+    if not _is_number(value) or not value > 0 or value == float("inf"):  # type: ignore[operator]
+        raise CometFluxInputError(f"{name}: {value!r} is not allowed; expected a number of US dollars above 0.")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_budget(max_cost_usd: float, model: str, estimates: Sequence[float | None], *, served: int) -> float:
+    """
+    The check before any create: the estimate of the predictions to create (prompts x images x price; those the
+    reuse index serves are not among them) must be within ``max_cost_usd``.
+
+    :param max_cost_usd: the budget.
+    :param model: the model (named when it has no price).
+    :param estimates: each prediction to create's estimate (``None`` when the model has no price).
+    :param served: how many prompts the reuse index serves.
+    :return: the estimate.
+    :raises CometFluxBudgetError: naming the estimate and the budget, or the model without a price.
+    """
+    from airflow_provider_cometflux.cost import budget_refusal
+    from airflow_provider_cometflux.exceptions import CometFluxBudgetError
+
+    if any(estimate is None for estimate in estimates):
+        raise CometFluxBudgetError(
+            f"max_cost_usd: model {model!r} has no price, so nothing can be estimated against the budget "
+            f"${max_cost_usd:.4f}; nothing was created. Give its price in the task's prices argument or the "
+            'connection extra prices, e.g. {"' + model + '": 0.01} (USD per image).'
+        )
+    estimated = round(sum(e for e in estimates if e is not None), 6)
+    if estimated > max_cost_usd + 1e-9:
+        raise CometFluxBudgetError(
+            budget_refusal(estimated, max_cost_usd, prompts=len(estimates) + served, served=served)
+        )
+    return estimated

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +17,9 @@ from airflow_provider_cometflux.contract import (
     FAILURE_FIELDS,
     METRIC_IMAGES_ASKED,
     METRIC_IMAGES_RETURNED,
+    RECORD_COST,
+    RECORD_REUSED_FROM,
+    XCOM_COST,
     XCOM_FAILURES,
     XCOM_IMAGES,
     XCOM_PREDICTION,
@@ -26,10 +29,12 @@ from airflow_provider_cometflux.contract import (
     XCOM_RETURN_VALUE,
     manifest_name,
 )
+from airflow_provider_cometflux.cost import BUDGET_STOP
 from airflow_provider_cometflux.events import TIMEOUT, raise_for_event
 from airflow_provider_cometflux.exceptions import (
     CometAPIError,
     CometFluxBatchFailedError,
+    CometFluxBudgetError,
     CometFluxError,
     CometFluxInputError,
     OutputStorageError,
@@ -41,7 +46,11 @@ from airflow_provider_cometflux.models import public_input, safe_text
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
+    from airflow_provider_cometflux.cost import Price
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+
+#: Called with XCom ``cost`` once a task's predictions are recorded (the operators keep it for OpenLineage).
+CostSink = Callable[[dict[str, Any]], None]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +86,8 @@ class Outputs:
     :param max_bytes: the largest output copied.
     :param timeout: seconds one output's copy may take.
     :param download_concurrency: predictions of a batch copied at once.
+    :param reuse_path: the folder of the reuse index a new success is added to, if any.
+    :param prices: the price table each prediction's cost is recorded with (``None``: the default table).
     """
 
     output_path: str | ObjectStoragePath | None = None
@@ -84,6 +95,8 @@ class Outputs:
     max_bytes: int = MAX_OUTPUT_BYTES
     timeout: float = DOWNLOAD_TIMEOUT
     download_concurrency: int = 8
+    reuse_path: str | ObjectStoragePath | None = None
+    prices: Mapping[str, Price] | None = None
 
     @property
     def stored(self) -> bool:
@@ -112,6 +125,10 @@ class Finished:
     def prediction_id(self) -> str:
         return str(self.record.get("id") or "")
 
+    @property
+    def reused(self) -> bool:
+        return bool(self.record.get(RECORD_REUSED_FROM))
+
 
 def recordable(model_input: Mapping[str, Any]) -> dict[str, Any]:
     """
@@ -122,48 +139,79 @@ def recordable(model_input: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def finish_prediction(
-    hook: CometAPIHook, event: Any, outputs: Outputs, request_input: Mapping[str, Any] | None = None
+    hook: CometAPIHook,
+    event: Any,
+    outputs: Outputs,
+    request_input: Mapping[str, Any] | None = None,
+    *,
+    sent_input: Mapping[str, Any] | None = None,
+    model: str | None = None,
 ) -> Finished:
     """
-    One prediction event to its result: outputs checked, copied and described, or an exception.
+    One prediction event to its result: outputs checked, copied (or, for a prediction reused from ``reuse_path``,
+    copied from the earlier run's folder) and described with their cost, or an exception. A new success is added
+    to the reuse index when the task has one.
 
     :param hook: the hook that downloads.
     :param event: the prediction's event.
     :param outputs: where to keep the images.
     :param request_input: the input the task sent (kept :func:`recordable`).
+    :param sent_input: the input exactly as sent (inline images as data URIs), the reuse index's key;
+        ``request_input`` when not given.
+    :param model: the model the task asked for (priced when the prediction's record lacks it).
     :raises PredictionTimeoutError, PredictionFailedError, OutputsRemovedError, CometAPIError: see
         :func:`~airflow_provider_cometflux.events.raise_for_event` and the storage errors.
     """
+    from airflow_provider_cometflux import cost
+
     prediction = raise_for_event(event)
     record = dict(event["prediction"])
     if request_input is not None:
         record["input"] = recordable(request_input)
     urls = prediction.require_outputs()
     _count_images(record, urls)
+    entry = event.get(RECORD_REUSED_FROM) if isinstance(event.get(RECORD_REUSED_FROM), Mapping) else None
+    model = str(record.get("model") or model or "")
+    priced_input = request_input if request_input is not None else record.get("input") or {}
+    prices = outputs.prices if outputs.prices is not None else cost.DEFAULT_PRICES
+    if entry is not None:
+        from airflow_provider_cometflux.reuse import reused_from
+
+        record[RECORD_COST] = {"usd": 0.0, "images": len(entry.get("images") or ())}
+        record[RECORD_REUSED_FROM] = reused_from(entry)
+    else:
+        images_made = cost.image_count(record, len(urls))
+        record[RECORD_COST] = cost.prediction_cost(model, priced_input, images_made, prices)
+        record[RECORD_REUSED_FROM] = None
     folder = outputs.output_path
     if folder is None or folder == "":
         return Finished(record, urls)
     from airflow_provider_cometflux.storage import images_metadata, store_outputs
 
     try:
-        stored = store_outputs(
-            hook,
-            urls,
-            folder,
-            prediction.id,
-            output_format=outputs.output_format,
-            max_bytes=outputs.max_bytes,
-            timeout=outputs.timeout,
-        )
+        if entry is not None:
+            stored = _copy_reused(entry, folder)
+        else:
+            stored = store_outputs(
+                hook,
+                urls,
+                folder,
+                prediction.id,
+                output_format=outputs.output_format,
+                max_bytes=outputs.max_bytes,
+                timeout=outputs.timeout,
+            )
         images = images_metadata(stored)
         finished = Finished(record, [image.uri for image in stored], images)
-        _write_sidecar(outputs, finished)
+        _write_sidecar(outputs, finished, keep_existing=entry is not None and _same_folder(entry, folder))
     except CometFluxInputError as exc:  # the output folder refused it after a paid success: name the way back
         raise storage_failed(prediction.id, folder, urls, exc) from exc
     except CometFluxError:  # a delivery URL's answer (expired, too large...): its own message says what to do
         raise
     except Exception as exc:  # the store refused (permissions, a full disk, a missing bucket...)
         raise storage_failed(prediction.id, folder, urls, exc) from exc
+    if entry is None and outputs.reuse_path:
+        _add_to_index(outputs, model, sent_input if sent_input is not None else request_input, finished)
     return finished
 
 
@@ -188,6 +236,39 @@ def _count_images(record: dict[str, Any], urls: Sequence[str]) -> None:
         )
 
 
+def _copy_reused(entry: Mapping[str, Any], folder: str | ObjectStoragePath) -> list[Any]:
+    """The images of a reused prediction, copied into ``folder``; they must still match their sha256."""
+    from airflow_provider_cometflux.reuse import copy_images
+
+    stored = copy_images(entry, folder)
+    if stored is None:
+        raise OutputStorageError(
+            f"The images of prediction {entry.get('prediction_id')} (reused from {entry.get('stored_in')}) changed or "
+            "went away after they were checked; retry the task: it checks them again and creates anew if needed.",
+            prediction_id=str(entry.get("prediction_id") or ""),
+        )
+    return stored
+
+
+def _add_to_index(outputs: Outputs, model: str, sent: Mapping[str, Any] | None, finished: Finished) -> None:
+    """Add a new success to the reuse index; a store that refuses only costs a later run a create (logged)."""
+    from airflow_provider_cometflux.reuse import ReuseIndex
+    from airflow_provider_cometflux.storage import as_storage_path
+
+    if sent is None or not model:
+        return
+    try:
+        stored_in = str(as_storage_path(outputs.output_path))  # type: ignore[arg-type]
+        ReuseIndex(outputs.reuse_path).add(model, sent, finished.record, finished.images, stored_in)  # type: ignore[arg-type]
+    except Exception as exc:
+        log.warning(
+            "Could not add prediction %s to the reuse index %s: %s",
+            finished.prediction_id,
+            safe_text(str(outputs.reuse_path), limit=300),
+            safe_text(exc, limit=300),
+        )
+
+
 def storage_failed(prediction_id: str, folder: object, urls: Sequence[str], exc: BaseException) -> OutputStorageError:
     """
     The error for a prediction that succeeded (and was paid for) whose images could not be stored: which
@@ -205,12 +286,29 @@ def storage_failed(prediction_id: str, folder: object, urls: Sequence[str], exc:
     )
 
 
-def _write_sidecar(outputs: Outputs, finished: Finished) -> None:
-    """The provenance sidecar ``<output_path>/<prediction_id>.json``, written after the images."""
+def _write_sidecar(outputs: Outputs, finished: Finished, *, keep_existing: bool = False) -> None:
+    """
+    The provenance sidecar ``<output_path>/<prediction_id>.json``, written after the images; with
+    ``keep_existing`` (images reused in the very folder they were made in) the sidecar of the run that paid for
+    them is kept as it is, so it still says what they cost.
+    """
+    from airflow_provider_cometflux.contract import sidecar_name
     from airflow_provider_cometflux.provenance import sidecar_record, write_sidecar
+    from airflow_provider_cometflux.storage import as_storage_path
 
     finished.provenance = sidecar_record(finished.record, finished.images)
+    existing = as_storage_path(outputs.output_path) / sidecar_name(finished.prediction_id)  # type: ignore[arg-type]
+    if keep_existing and existing.exists():
+        finished.sidecar = str(existing)
+        return
     finished.sidecar = write_sidecar(outputs.output_path, finished.provenance)  # type: ignore[arg-type]
+
+
+def _same_folder(entry: Mapping[str, Any], folder: str | ObjectStoragePath) -> bool:
+    """Whether a reused entry's images are stored in ``folder`` itself."""
+    from airflow_provider_cometflux.storage import as_storage_path
+
+    return str(as_storage_path(str(entry.get("stored_in") or ""))) == str(as_storage_path(folder))
 
 
 def cancel_timed_out(hook: CometAPIHook, events: Sequence[Any]) -> None:
@@ -228,6 +326,8 @@ def complete_one(
     outputs: Outputs,
     request_input: Mapping[str, Any] | None,
     model: str | None = None,
+    sent_input: Mapping[str, Any] | None = None,
+    on_cost: CostSink | None = None,
 ) -> list[str]:
     """
     A single prediction's end: push XCom ``prediction`` (and ``images``), describe the outlet asset events, and
@@ -240,6 +340,8 @@ def complete_one(
     :param outputs: where to keep the images.
     :param request_input: the input the task sent, when it sent one (the sensor did not).
     :param model: the model the task asked for (recorded when the prediction's own record lacks it).
+    :param sent_input: the input exactly as sent (the reuse index's key), when it differs from ``request_input``.
+    :param on_cost: called with XCom ``cost`` once it is pushed.
 
     A mapped task that sent its input (``.partial(...).expand(...)`` of the operator) with ``output_path`` also
     writes ``manifest-<map index>.jsonl``: one line, as a batch's manifest has one per prompt, for its success or
@@ -250,7 +352,7 @@ def complete_one(
     mapped = outputs.stored and request_input is not None and isinstance(map_index, int) and map_index >= 0
     prompt = str((request_input or {}).get("prompt") or "")
     try:
-        finished = finish_prediction(hook, event, outputs, request_input)
+        finished = finish_prediction(hook, event, outputs, request_input, sent_input=sent_input, model=model)
     except (CometAPIError, OutputStorageError) as exc:
         timed_out = isinstance(exc, PredictionTimeoutError)
         if timed_out:
@@ -270,6 +372,7 @@ def complete_one(
             _try_write_manifest(outputs, [(map_index, prompt)], {}, {map_index: failure}, details, map_index)
         raise
     ti.xcom_push(key=XCOM_PREDICTION, value=finished.record)
+    _push_cost(ti, [finished], on_cost)
     if outputs.stored:
         ti.xcom_push(key=XCOM_IMAGES, value=finished.images)
         if mapped:
@@ -291,6 +394,7 @@ def complete_batch(
     outputs: Outputs,
     fail_on_error: bool,
     model: str | None = None,
+    on_cost: CostSink | None = None,
 ) -> list[list[str]]:
     """
     A batch's end: every prompt's prediction through :func:`finish_prediction` (a few at a time), then XComs
@@ -304,6 +408,11 @@ def complete_batch(
     :param prediction_ids: each prompt's prediction id.
     :param create_errors: why a prompt has no prediction, by position.
     :param model: the model the batch asked for (recorded on the manifest's failed lines).
+    :param on_cost: called with XCom ``cost`` once it is pushed.
+
+    Prompts the budget (``max_cost_usd``) left uncreated are recorded as ``not_created`` like the others, then the
+    task fails with :class:`~airflow_provider_cometflux.exceptions.CometFluxBudgetError`, whatever
+    ``fail_on_error`` says.
     """
     cancel_timed_out(hook, events)
     finished: dict[int, Finished] = {}
@@ -311,7 +420,7 @@ def complete_batch(
 
     def finish(index: int) -> None:
         try:
-            finished[index] = finish_prediction(hook, events[index], outputs, payloads[index])
+            finished[index] = finish_prediction(hook, events[index], outputs, payloads[index], model=model)
         except (CometAPIError, OutputStorageError) as exc:
             event = events[index] if isinstance(events[index], dict) else {}
             status = NOT_STORED if isinstance(exc, OutputStorageError) else event.get("status")
@@ -340,6 +449,7 @@ def complete_batch(
     )
     failed = [failures[i] for i in sorted(failures)]
     ti.xcom_push(key=XCOM_FAILURES, value=failed)
+    _push_cost(ti, [finished[i] for i in sorted(finished)], on_cost)
     if outputs.stored:
         ti.xcom_push(key=XCOM_IMAGES, value=[finished[i].images if i in finished else [] for i in range(len(prompts))])
         details = {i: _failure_details(events[i], payloads[i], model) for i in failures}
@@ -359,6 +469,13 @@ def complete_batch(
         len(prompts),
         sum(len(uris) for uris in results),
     )
+    budget_stops = [message for message in create_errors.values() if message.startswith(BUDGET_STOP)]
+    if budget_stops:
+        ti.xcom_push(key=XCOM_RETURN_VALUE, value=results)
+        raise CometFluxBudgetError(
+            f"{len(budget_stops)} of {len(prompts)} prompts were not created: {budget_stops[0]}\n"
+            + _summary(failed, len(prompts))
+        )
     if failed:
         summary = _summary(failed, len(prompts))
         if fail_on_error:
@@ -366,6 +483,25 @@ def complete_batch(
             raise CometFluxBatchFailedError(summary)
         log.warning("%s", summary)
     return results
+
+
+def _push_cost(ti: Any, finished: Sequence[Finished], on_cost: CostSink | None) -> None:
+    """XCom ``cost`` over the task's recorded predictions (reused ones at 0)."""
+    from airflow_provider_cometflux.cost import total
+
+    spent = total([done.record.get(RECORD_COST) for done in finished], reused=[done.reused for done in finished])
+    ti.xcom_push(key=XCOM_COST, value=spent)
+    if on_cost is not None:
+        on_cost(spent)
+    if spent["predictions"]:
+        usd = "unknown (a model without a price)" if spent["usd"] is None else f"${spent['usd']:.4f}"
+        log.info(
+            "Cost: %s for %d image(s) of %d prediction(s), %d reused.",
+            usd,
+            spent["images"],
+            spent["predictions"],
+            spent["reused"],
+        )
 
 
 def _write_manifest(

@@ -26,6 +26,10 @@ XCOM_FAILURES = "failures"
 XCOM_CREATE_ERRORS = "_cometflux_create_errors"
 #: A review task's images and verdicts (:data:`REVIEW_FIELDS`, :data:`REVIEW_ROUND_FIELDS`), pushed every round.
 XCOM_REVIEW = "review"
+#: What the task's predictions cost (:data:`COST_FIELDS`); reused images at 0.
+XCOM_COST = "cost"
+#: The predictions a task reused from ``reuse_path``, by position (kept across the deferral; not for users).
+XCOM_REUSED = "_cometflux_reused"
 #: Airflow's own key: the stored URIs, or the delivery URLs without ``output_path`` (a list per prompt in a batch).
 XCOM_RETURN_VALUE = "return_value"
 
@@ -38,11 +42,20 @@ XCOM_KEYS = (
     XCOM_PREDICTION_IDS,
     XCOM_PREDICTION_ID,
     XCOM_REVIEW,
+    XCOM_COST,
     XCOM_RETURN_VALUE,
 )
 #: The keys only a batch writes.
 BATCH_XCOM_KEYS = (XCOM_PREDICTION_IDS, XCOM_PREDICTIONS, XCOM_FAILURES)
 
+#: XCom :data:`XCOM_COST`: US dollars (``None`` when a model has no price), images, predictions, reused predictions.
+COST_FIELDS = ("usd", "images", "predictions", "reused")
+#: A prediction record's field (XCom ``prediction``, sidecar, manifest line): ``{"usd", "images"}`` of that prediction.
+RECORD_COST = "cost"
+#: A prediction record's field saying where its images were reused from (:data:`REUSED_FROM_FIELDS`), else ``None``.
+RECORD_REUSED_FROM = "reused_from"
+#: The earlier prediction whose stored images were copied, and the folder they were copied from.
+REUSED_FROM_FIELDS = ("prediction_id", "stored_in")
 #: One entry of XCom :data:`XCOM_IMAGES`.
 IMAGE_FIELDS = ("uri", "source_url", "sha256", "bytes", "content_type")
 #: One entry of XCom :data:`XCOM_FAILURES`.
@@ -171,6 +184,8 @@ SIDECAR_FIELDS = (
     "input",
     "images",
     "review",
+    RECORD_COST,
+    RECORD_REUSED_FROM,
 )
 #: One image of a sidecar or a manifest line.
 RECORD_IMAGE_FIELDS = ("uri", "sha256", "bytes", "content_type", "source_url")
@@ -190,4 +205,19 @@ MANIFEST_FIELDS = (
     "completed_at",
     "metrics",
     "review",
+    RECORD_COST,
+    RECORD_REUSED_FROM,
 )
+
+# ---------------------------------------------------------------------------------------------- reuse index
+
+#: The format (and its version) of an entry of the index under ``reuse_path``.
+REUSE_FORMAT = "cometflux.reuse/1"
+
+
+def reuse_entry_name(key: str) -> str:
+    """
+    :param key: a reuse key (a sha256 hex digest of the model and the whole input).
+    :return: the index entry's file name under ``reuse_path``: ``<key>.json``.
+    """
+    return f"{key}.json"

@@ -7,6 +7,7 @@ predictions the task ran (for OpenLineage). The operators' sequence (create, rec
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -18,13 +19,14 @@ from airflow_provider_cometflux.checks import check_count, check_queue, check_se
 from airflow_provider_cometflux.completion import Outputs
 
 if TYPE_CHECKING:
-    import logging
-
     from airflow.sdk import BaseOperator, ObjectStoragePath
     from airflow.triggers.base import BaseTrigger
 
+    from airflow_provider_cometflux.cost import Price
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
     from airflow_provider_cometflux.triggers.prediction import CometFluxPredictionTrigger
+
+log = logging.getLogger(__name__)
 
 #: Extra time the triggerer gets past ``timeout`` before Airflow itself fails the deferred task; the trigger fires
 #: its own ``timeout`` event at ``timeout``, so this only matters when the triggerer is overloaded.
@@ -70,6 +72,12 @@ class Engine:
         self.download_concurrency = check_count("download_concurrency", download_concurrency)
         #: The predictions the task made or watched, for OpenLineage.
         self.prediction_ids: list[str] = []
+        #: XCom ``cost`` of the task once its predictions are recorded, for OpenLineage.
+        self.cost: dict[str, Any] | None = None
+
+    def record_cost(self, cost: dict[str, Any]) -> None:
+        """Keep the task's XCom ``cost`` (the completion's ``on_cost``)."""
+        self.cost = dict(cost)
 
     @cached_property
     def hook(self) -> CometAPIHook:
@@ -77,17 +85,49 @@ class Engine:
 
         return CometAPIHook(self.cometapi_conn_id)
 
-    def outputs(self, output_path: str | ObjectStoragePath | None, model_input: object = None) -> Outputs:
+    def outputs(
+        self,
+        output_path: str | ObjectStoragePath | None,
+        model_input: object = None,
+        *,
+        reuse_path: str | ObjectStoragePath | None = None,
+        prices: Mapping[str, Price] | None = None,
+    ) -> Outputs:
         """
         Where and how the task keeps its images.
 
         :param output_path: the rendered ``output_path``.
         :param model_input: the rendered ``input``, whose ``output_format`` the delivered files must match.
+        :param reuse_path: the reuse index a new success is added to, if any.
+        :param prices: the price table costs are recorded with (``None``: the default table).
         """
         output_format = model_input.get("output_format") if isinstance(model_input, Mapping) else None
         return Outputs(
-            output_path, output_format, self.max_output_bytes, self.download_timeout, self.download_concurrency
+            output_path,
+            output_format,
+            self.max_output_bytes,
+            self.download_timeout,
+            self.download_concurrency,
+            reuse_path=reuse_path,
+            prices=prices,
         )
+
+    def price_table(self, task_prices: Mapping[str, Price] | None = None, *, strict: bool = False) -> dict[str, Price]:
+        """
+        The prices a task records and budgets with: the default table, then the connection extra ``prices``, then
+        the task's. A connection that cannot be read raises with ``strict`` (before any create), else is logged and
+        skipped (after a paid success, recording must not fail on it).
+        """
+        from airflow_provider_cometflux.cost import price_table
+
+        try:
+            account = self.hook.prices
+        except Exception as exc:
+            if strict:
+                raise
+            log.warning("The connection's prices could not be read (%s); using the others.", exc)
+            account = {}
+        return price_table(account, task_prices or {})
 
     def prediction_trigger(
         self, prediction_id: str, *, poll_interval: float, end_time: float, log: logging.Logger | Any
@@ -122,5 +162,5 @@ class Engine:
 
         folders = [str(output_path)] if output_path else []
         return operator_lineage(
-            model=model, prediction_ids=list(self.prediction_ids), output_folders=folders, failed=failed
+            model=model, prediction_ids=list(self.prediction_ids), output_folders=folders, failed=failed, cost=self.cost
         )

@@ -139,6 +139,14 @@ class CometFluxBatchFailedError(CometFluxError, AirflowFailException):
     """Some prompts of a batch failed; the others' images are in XCom. Not retried: that would pay for them again."""
 
 
+class CometFluxBudgetError(CometFluxError, AirflowFailException):
+    """
+    The task's ``max_cost_usd`` would be passed: refused before any request (naming the estimate and the budget), or,
+    in a batch, raised once every prompt is recorded, the ones creation stopped for listed as ``not_created``. Not
+    retried: a retry would meet the same budget.
+    """
+
+
 class ProvenanceFormatError(CometFluxError, ValueError):
     """A sidecar or manifest that is not in a format this version of the provider can read."""
 

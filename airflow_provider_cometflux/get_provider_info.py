@@ -12,6 +12,8 @@ DEFAULT_BASE_URL = "https://api.cometapi.com"
 REQUESTS_PER_MINUTE = "requests_per_minute"
 #: The connection extra saying how many triggerers poll the account at once (they split the ceiling).
 TRIGGERERS = "triggerers"
+#: The connection extra of the account's prices, ``{"<owner/name>": <USD per image>}`` (set in the extra's JSON).
+PRICES = "prices"
 
 
 def get_provider_info() -> dict[str, Any]:

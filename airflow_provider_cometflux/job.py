@@ -21,7 +21,9 @@ from airflow_provider_cometflux.submission import DEFAULT_CREATES_PER_MINUTE, Su
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_cometflux.cost import CreateBudget
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
+    from airflow_provider_cometflux.reuse import ReuseIndex
 
 #: Seconds a deferrable task first waits in the worker before deferring (see ``defer_after``).
 DEFAULT_DEFER_AFTER = 5.0
@@ -54,6 +56,7 @@ class PredictionJob:
     :param end_time: epoch seconds at which the task gives up.
     :param creates_per_minute: the create pace.
     :param prefer_wait: ``Prefer: wait=N`` on each create, if set.
+    :param reuse: the reuse index to serve predictions from before creating (``reuse_path``), if any.
     """
 
     hook: CometAPIHook
@@ -64,7 +67,12 @@ class PredictionJob:
     end_time: float
     creates_per_minute: float = DEFAULT_CREATES_PER_MINUTE
     prefer_wait: int | None = None
+    reuse: ReuseIndex | None = None
     submitted: Submitted | None = field(default=None, init=False)
+    #: What :meth:`prepare` found: the ids an earlier attempt saved, the reuse index entries served, by position.
+    saved: list[str | None] | None = field(default=None, init=False)
+    reused: dict[int, dict[str, Any]] = field(default_factory=dict, init=False)
+    _store: StateStore | None = field(default=None, init=False, repr=False)
 
     @property
     def ids(self) -> list[str | None]:
@@ -75,24 +83,58 @@ class PredictionJob:
     def request(self) -> str:
         return fingerprint(self.model, self.payloads)
 
-    def start(self, context: Context, log: Any) -> Submitted:
+    def prepare(self, context: Context, log: Any) -> None:
         """
-        Resume what an earlier attempt saved, create the rest, and save the ids as they come.
+        Before any request: read what an earlier attempt saved, and serve from the reuse index every prompt without
+        a saved prediction whose earlier success is found there (its images checked); the decision is saved at
+        once, so a retry copies the same images instead of paying.
 
         :param context: the task's context.
         :param log: the task's logger.
         """
-        store = StateStore(context, self.state_key, self.request)
+        store = self._store = StateStore(context, self.state_key, self.request)
         if not store.available and context["ti"].try_number > 1:
             log.info("This Airflow has no task state store (3.3+): a retry creates its predictions anew.")
-        saved = store.load(len(self.payloads))
+        self.saved = store.load(len(self.payloads))
+        if self.reuse is None:
+            return
+        from airflow_provider_cometflux.reuse import images_hold
+
+        for index, entry in store.load_reused().items():  # an earlier attempt's decision, if its images still hold
+            if index < len(self.payloads) and images_hold(entry):
+                self.reused[index] = entry
+        for index, payload in enumerate(self.payloads):
+            if index in self.reused or (self.saved is not None and self.saved[index]):
+                continue
+            found = self.reuse.lookup(self.model, payload)
+            if found is not None:
+                self.reused[index] = found
+        if self.reused:
+            store.save(self.saved or [None] * len(self.payloads), self.reused)
+            log.info(
+                "%d of %d prompt(s) served from reuse_path: no request for them.", len(self.reused), len(self.payloads)
+            )
+
+    def start(self, context: Context, log: Any, budget: CreateBudget | None = None) -> Submitted:
+        """
+        Resume what an earlier attempt saved, create the rest (but what the reuse index serves), and save the ids as
+        they come.
+
+        :param context: the task's context.
+        :param log: the task's logger.
+        :param budget: ``max_cost_usd`` while creating, if set.
+        """
+        if self._store is None:
+            self.prepare(context, log)
+        store, saved, reused = self._store, self.saved, self.reused
+        assert store is not None
         latest: list[list[str | None]] = [list(saved or [])]
 
         def created(ids: list[str | None]) -> None:
             # saved before the next create is sent: a worker killed now loses no id it was told (one write per
             # create; at Replicate's 600 creates a minute that is ten small writes a second)
             latest[0] = ids
-            store.save(ids)
+            store.save(ids, reused)
 
         async def run() -> Submitted:
             try:
@@ -105,14 +147,20 @@ class PredictionJob:
                     prefer_wait=self.prefer_wait,
                     deadline=self.end_time,
                     on_created=created,
+                    skip=set(reused),
+                    budget=budget,
                 )
             finally:
                 await self.hook.aclose()
 
+        if len(reused) == len(self.payloads):  # all served from the index: no request at all
+            submitted = self.submitted = Submitted(ids=[None] * len(self.payloads), reused=dict(reused))
+            return submitted
         try:
             submitted = self.submitted = asyncio.run(run())
+            submitted.reused = dict(reused)
         finally:  # also when creating stopped on an unusable key, or the task was killed: keep what was made
-            store.save(self.submitted.ids if self.submitted is not None else latest[0])
+            store.save(self.submitted.ids if self.submitted is not None else latest[0], reused)
         if len(self.payloads) > 1 or submitted.creates > 1:
             log.info(
                 "%d predictions (%d created now, %d 429s met), %d prompts without one.",
@@ -125,11 +173,18 @@ class PredictionJob:
 
     def known_events(self) -> list[dict[str, Any] | None]:
         """Per prediction, its event when it is already known to be terminal (else ``None``)."""
+        from airflow_provider_cometflux.reuse import reused_event
+
         submitted = self.submitted
         if submitted is None:
             return [None] * len(self.payloads)
         return [
-            prediction_event(submitted.known[i]) if i in submitted.known else None for i in range(len(self.payloads))
+            reused_event(submitted.reused[i])
+            if i in submitted.reused
+            else prediction_event(submitted.known[i])
+            if i in submitted.known
+            else None
+            for i in range(len(self.payloads))
         ]
 
     def wait(

@@ -2,15 +2,15 @@
 
 Lineage tools see one output dataset per output folder (never one per image), named the way OpenLineage names
 object storage (``file`` + ``/abs/path``, ``s3://bucket`` + ``key``, ``gs://bucket`` + ``key``, ...), and a run
-facet ``cometflux_prediction`` with the model and the prediction ids; a task that ran exactly one prediction
-also carries the standard ``externalQuery`` facet (``source: cometapi``). Without the OpenLineage provider
+facet ``cometflux_prediction`` with the model, the prediction ids and what they cost; a task that ran exactly one
+prediction also carries the standard ``externalQuery`` facet (``source: cometapi``). Without the OpenLineage provider
 installed nothing here imports it and :func:`operator_lineage` returns ``None``.
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,7 +51,12 @@ def _folder_path(path: str) -> str:
 
 
 def operator_lineage(
-    *, model: str, prediction_ids: Sequence[str], output_folders: Sequence[str], failed: bool = False
+    *,
+    model: str,
+    prediction_ids: Sequence[str],
+    output_folders: Sequence[str],
+    failed: bool = False,
+    cost: Mapping[str, Any] | None = None,
 ) -> Any:
     """
     The ``OperatorLineage`` a task returns from ``get_openlineage_facets_on_complete`` / ``..._on_failure``.
@@ -61,6 +66,7 @@ def operator_lineage(
     :param output_folders: the folders images were stored in (the task's ``output_path``; a mapped task or a
         batch still has one), each reported once; empty when nothing was stored.
     :param failed: the task failed; recorded in the run facet (the event's type already says FAIL).
+    :param cost: the task's XCom ``cost`` (``{"usd", "images", "predictions", "reused"}``), once recorded.
     :return: an ``airflow.providers.openlineage.extractors.OperatorLineage``, or ``None`` when the OpenLineage
         provider is not installed.
     """
@@ -80,9 +86,15 @@ def operator_lineage(
         if (namespace, name) not in seen:
             seen.add((namespace, name))
             outputs.append(Dataset(namespace=namespace, name=name))
+    cost = cost or {}
     run_facets: dict[str, Any] = {
         PREDICTION_FACET: prediction_facet_class()(
-            model=str(model) if model else None, predictionIds=ids, failed=bool(failed)
+            model=str(model) if model else None,
+            predictionIds=ids,
+            failed=bool(failed),
+            costUsd=cost.get("usd"),
+            images=cost.get("images"),
+            reusedPredictions=cost.get("reused"),
         )
     }
     if len(ids) == 1:
@@ -99,7 +111,8 @@ def prediction_facet_class() -> type:
     for. It is reachable as ``airflow_provider_cometflux.lineage.CometFluxPredictionRunFacet`` (for pickling).
 
     Fields: ``model`` (``owner/name``, ``None`` when the task does not know it), ``predictionIds`` (the service's
-    ids, in order), ``failed``.
+    ids, in order), ``failed``, ``costUsd`` (what the task's predictions cost, reused ones at 0; ``None`` when not
+    known), ``images`` (the images recorded), ``reusedPredictions`` (how many were reused from ``reuse_path``).
     """
     import attr
     from openlineage.client.generated.base import RunFacet
@@ -111,6 +124,9 @@ def prediction_facet_class() -> type:
         model: str | None = None
         predictionIds: list[str] = attr.field(factory=list)  # OpenLineage facets use camelCase
         failed: bool = False
+        costUsd: float | None = None
+        images: int | None = None
+        reusedPredictions: int | None = None
 
     CometFluxPredictionRunFacet.__module__ = __name__
     CometFluxPredictionRunFacet.__qualname__ = "CometFluxPredictionRunFacet"

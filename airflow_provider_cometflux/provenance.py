@@ -26,7 +26,9 @@ from airflow_provider_cometflux.contract import (
     KNOWN_FORMATS,
     MANIFEST_FIELDS,
     MANIFEST_NAME,
+    RECORD_COST,
     RECORD_IMAGE_FIELDS,
+    RECORD_REUSED_FROM,
     SIDECAR_FORMAT,
     SIDECAR_PREDICTION_FIELDS,
     SUCCEEDED,
@@ -125,6 +127,8 @@ class PredictionRecord:
     :param error: the service's error, if any.
     :param web_url: the prediction's page for people, if any.
     :param review: the verdicts a review task gave its images (:data:`VERDICT_FIELDS`), oldest first.
+    :param cost: ``{"usd", "images"}``: what the prediction cost (``usd`` 0 when reused, ``None`` without a price).
+    :param reused_from: ``{"prediction_id", "stored_in"}`` when its images were reused from an earlier run.
     """
 
     format: str
@@ -141,6 +145,8 @@ class PredictionRecord:
     error: Any = None
     web_url: str | None = None
     review: tuple[Mapping[str, Any], ...] = ()
+    cost: Mapping[str, Any] | None = None
+    reused_from: Mapping[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PredictionRecord:
@@ -166,6 +172,8 @@ class PredictionRecord:
             error=data.get("error"),
             web_url=data.get("web_url"),
             review=_verdicts(data.get("review")),
+            cost=_mapping_or_none(data.get(RECORD_COST)),
+            reused_from=_mapping_or_none(data.get(RECORD_REUSED_FROM)),
         )
 
 
@@ -189,6 +197,8 @@ class ManifestRecord:
     :param completed_at: when it completed, when it succeeded.
     :param metrics: the service's metrics, when it succeeded.
     :param review: the verdicts a review task gave the prompt's images (:data:`VERDICT_FIELDS`), oldest first.
+    :param cost: ``{"usd", "images"}``, when it succeeded.
+    :param reused_from: ``{"prediction_id", "stored_in"}`` when its images were reused from an earlier run.
     """
 
     format: str
@@ -205,6 +215,8 @@ class ManifestRecord:
     completed_at: str | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     review: tuple[Mapping[str, Any], ...] = ()
+    cost: Mapping[str, Any] | None = None
+    reused_from: Mapping[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -235,7 +247,13 @@ class ManifestRecord:
             completed_at=data.get("completed_at"),
             metrics=dict(data.get("metrics") or {}),
             review=_verdicts(data.get("review")),
+            cost=_mapping_or_none(data.get(RECORD_COST)),
+            reused_from=_mapping_or_none(data.get(RECORD_REUSED_FROM)),
         )
+
+
+def _mapping_or_none(value: Any) -> dict[str, Any] | None:
+    return dict(value) if isinstance(value, Mapping) else None
 
 
 def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -251,7 +269,8 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
         content_type``), in output order.
     :return: ``{"format", "prediction_id", "model", "version", "status", "error", "created_at", "started_at",
         "completed_at", "metrics", "web_url", "input", "images": [{"uri", "sha256", "bytes", "content_type",
-        "source_url"}], "review": []}``.
+        "source_url"}], "review": [], "cost": {"usd", "images"}, "reused_from": {"prediction_id", "stored_in"} or
+        None}``.
     """
     record: dict[str, Any] = {"format": SIDECAR_FORMAT, "prediction_id": str(prediction.get("id") or "")}
     for key in SIDECAR_PREDICTION_FIELDS:
@@ -278,6 +297,8 @@ def sidecar_record(prediction: Mapping[str, Any], images: Sequence[Mapping[str, 
         for image in images
     ]
     record["review"] = []
+    record[RECORD_COST] = _mapping_or_none(prediction.get(RECORD_COST))
+    record[RECORD_REUSED_FROM] = _mapping_or_none(prediction.get(RECORD_REUSED_FROM))
     return record
 
 
@@ -320,7 +341,7 @@ def manifest_row(
     :param details: for a failed prompt, what is known of it: ``model``, ``input`` (as sent; recorded as a sidecar
         records it), ``created_at``, ``completed_at``.
     :return: ``{"format", "index", "prompt", "status", "prediction_id", "model", "error", "sidecar", "images",
-        "input", "created_at", "completed_at", "metrics", "review"}``.
+        "input", "created_at", "completed_at", "metrics", "review", "cost", "reused_from"}``.
     """
     row: dict[str, Any] = dict.fromkeys(MANIFEST_FIELDS)
     row.update(format=SIDECAR_FORMAT, index=int(index), prompt=str(prompt), review=[])
@@ -336,6 +357,8 @@ def manifest_row(
             created_at=record.get("created_at"),
             completed_at=record.get("completed_at"),
             metrics=dict(record.get("metrics") or {}),
+            cost=_mapping_or_none(record.get(RECORD_COST)),
+            reused_from=_mapping_or_none(record.get(RECORD_REUSED_FROM)),
         )
         return row
     failure = failure or {}

@@ -52,6 +52,26 @@ class StateStore:
             return None
         return [pid if isinstance(pid, str) and pid else None for pid in ids]
 
-    def save(self, ids: Sequence[str | None]) -> None:
-        if self._store is not None and any(ids):
-            self._store.set(self.key, {"request": self.request, "prediction_ids": list(ids)})
+    def load_reused(self) -> dict[int, dict[str, Any]]:
+        """The reuse index entries an earlier attempt decided to serve, by position (for this request only)."""
+        if self._store is None:
+            return {}
+        saved = self._store.get(self.key)
+        if not isinstance(saved, dict) or saved.get("request") != self.request:
+            return {}
+        reused = saved.get("reused")
+        if not isinstance(reused, dict):
+            return {}
+        return {int(index): dict(entry) for index, entry in reused.items() if isinstance(entry, dict)}
+
+    def save(self, ids: Sequence[str | None], reused: Mapping[int, Mapping[str, Any]] | None = None) -> None:
+        """
+        :param ids: each position's prediction id (``None`` where none was created).
+        :param reused: the reuse index entries served, by position: saved so that a retry copies them again
+            instead of paying.
+        """
+        if self._store is not None and (any(ids) or reused):
+            value: dict[str, Any] = {"request": self.request, "prediction_ids": list(ids)}
+            if reused:
+                value["reused"] = {str(index): dict(entry) for index, entry in reused.items()}
+            self._store.set(self.key, value)

@@ -229,13 +229,52 @@ def _already_stored(output: _Output) -> StoredImage | None:
         ext, content_type = FORMATS[fmt]
         target = output.folder / f"{output.stem}.{ext}"
         if target.exists():
-            digest, size = _hash_existing(target)
+            digest, size = file_digest(target)
             log.info("%s is already stored (%d bytes); not downloading it again.", target, size)
             return StoredImage(str(target), output.url, digest, size, content_type)
     return None
 
 
-def _hash_existing(path: ObjectStoragePath) -> tuple[str, int]:
+def copy_verified(
+    source: str | ObjectStoragePath, folder: str | ObjectStoragePath, name: str, sha256: str, content_type: str
+) -> StoredImage | None:
+    """
+    Copy a stored image to ``<folder>/<name>`` (whole or not at all), checking on the way that its bytes still have
+    the recorded sha256; a source that is the target is only checked.
+
+    :param source: the stored image.
+    :param folder: the folder to copy into (created if needed).
+    :param name: the copy's name.
+    :param sha256: the digest the image was recorded with.
+    :param content_type: its recorded MIME type.
+    :return: the copy, or ``None`` when the source is gone or its bytes changed (then nothing is left behind).
+    """
+    src = as_storage_path(source)
+    base = as_storage_path(folder)
+    target = base / name
+    if not src.exists():
+        return None
+    if str(src) == str(target):
+        digest, size = file_digest(src)
+        return StoredImage(str(target), "", digest, size, content_type) if digest == sha256 else None
+    base.mkdir(parents=True, exist_ok=True)
+    partial = _PartialFile(base, name)
+    size = 0
+    try:
+        partial.begin()
+        with src.open("rb") as f:
+            while chunk := f.read(CHUNK_SIZE):
+                partial.write(chunk)
+                size += len(chunk)
+        if partial.sha.hexdigest() != sha256:
+            return None
+        partial.move_into_place(target)
+    finally:
+        partial.discard()
+    return StoredImage(str(target), "", sha256, size, content_type)
+
+
+def file_digest(path: ObjectStoragePath) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
     with path.open("rb") as f:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +23,13 @@ from airflow_provider_cometflux.exceptions import (
     CometAPIAuthError,
     CometAPIConnectionConfigError,
     CometAPIError,
+    PredictionMayExistError,
 )
 from airflow_provider_cometflux.models import FAILED_STATUSES, Prediction, check_prediction_id
 from airflow_provider_cometflux.pacing import Pacer
 
 if TYPE_CHECKING:
+    from airflow_provider_cometflux.cost import CreateBudget
     from airflow_provider_cometflux.hooks.cometapi import CometAPIHook
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ class Submitted:
     :param errors: why a prompt has no prediction, by position.
     :param creates: how many creates were sent.
     :param rate_limited: how many 429s the creates met.
+    :param reused: the reuse index entries served instead of a create, by position (no id, no error).
     """
 
     ids: list[str | None]
@@ -57,6 +60,7 @@ class Submitted:
     errors: dict[int, CometAPIError] = field(default_factory=dict)
     creates: int = 0
     rate_limited: int = 0
+    reused: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def known(self) -> dict[int, Prediction]:
@@ -74,6 +78,8 @@ async def submit(
     prefer_wait: int | None = None,
     deadline: float | None = None,
     on_created: Callable[[list[str | None]], None] | None = None,
+    skip: Collection[int] = (),
+    budget: CreateBudget | None = None,
 ) -> Submitted:
     """
     Resume what an earlier attempt saved, then create every prompt that has no prediction.
@@ -87,13 +93,21 @@ async def submit(
     :param deadline: epoch seconds after which no create starts; the prompts left get an error.
     :param on_created: called with the ids so far after each new prediction (before any other create is
         answered), so the caller can save them.
+    :param skip: positions served otherwise (reused from ``reuse_path``): never created.
+    :param budget: ``max_cost_usd``: creating stops before spent plus in flight would pass it, and the prompts
+        left get an error beginning with :data:`~airflow_provider_cometflux.cost.BUDGET_STOP`.
     :raises CometAPIConnectionConfigError: the connection is unusable (nothing more is created).
     :raises CometAPIAuthError: the key was refused (nothing more is created).
     """
     result = Submitted(ids=[None] * len(payloads))
     if saved is not None and len(saved) == len(payloads):
         await _resume(hook, saved, result, deadline)
-    todo = deque(i for i in range(len(payloads)) if result.ids[i] is None and i not in result.errors)
+    todo = deque(i for i in range(len(payloads)) if result.ids[i] is None and i not in result.errors and i not in skip)
+    if budget is not None:  # what an earlier attempt created is spent, or in flight
+        for index, pid in enumerate(result.ids):
+            if pid is not None:
+                budget.commit(index, result.read[index].raw if index in result.read else None)
+    over_budget: list[int] = []
     pacer = Pacer(creates_per_minute)
     limit = asyncio.Semaphore(CREATE_CONCURRENCY)
     fatal: list[BaseException] = []
@@ -112,19 +126,27 @@ async def submit(
         except (CometAPIAuthError, CometAPIConnectionConfigError) as exc:
             fatal.append(exc)
             result.errors[index] = _as_api_error(exc)
+            if budget is not None:
+                budget.release(index)
         except CometAPIError as exc:
             if exc.http_status == 429 and (deadline is None or time.time() < deadline):
                 # refused, so nothing was made or paid for: the prompt waits its turn again, after the pause (a
                 # spent limit without Retry-After resets only after ~30 s, longer than the hook's own retries)
                 pause = pacer.limited(exc.retry_after)
                 log.warning("Creates are still refused (429); prompt %d is tried again in %.1fs.", index, pause)
+                if budget is not None:
+                    budget.release(index)
                 todo.append(index)
             else:
                 result.errors[index] = exc
+                if budget is not None and not isinstance(exc, PredictionMayExistError):
+                    budget.release(index)
         else:
             pacer.answered()
             result.ids[index] = pid
             result.read[index] = prediction
+            if budget is not None:
+                budget.commit(index, prediction.raw)
             if on_created is not None:
                 on_created(list(result.ids))
         finally:
@@ -150,6 +172,12 @@ async def submit(
             if fatal:  # a create answered meanwhile that the key or connection is unusable
                 limit.release()
                 break
+            if budget is not None:
+                if not budget.allows(todo[0]):
+                    limit.release()
+                    over_budget.append(todo[0])
+                    break
+                budget.commit(todo[0])  # in flight from now on
             task = asyncio.ensure_future(create(todo.popleft()))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -160,6 +188,10 @@ async def submit(
         if tasks:
             await asyncio.wait(set(tasks), timeout=30)
     result.rate_limited = pacer.rate_limited
+    if over_budget and budget is not None:
+        log.warning("Creating stopped: %s; %d prompt(s) left uncreated.", budget.stop_message(todo[0]), len(todo))
+        for index in todo:
+            result.errors[index] = CometAPIError(budget.stop_message(index))
     for index in todo:
         if index not in result.errors:
             result.errors[index] = CometAPIError(

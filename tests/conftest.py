@@ -28,6 +28,7 @@ ANY_RELEASE = [
     _UNIT / "test_models.py",
     _UNIT / "test_pacing.py",
     _UNIT / "test_contract.py",
+    _UNIT / "test_cost.py",
     _UNIT / "hooks" / "test_transport.py",
 ]
 

@@ -121,7 +121,9 @@ class CometFluxDecoratedOperator(DecoratedOperator, CometFluxPredictionOperator)
         self.inlets.extend(arg for arg in chain(self.op_args, self.op_kwargs.values()) if isinstance(arg, Asset))
         return CometFluxPredictionOperator.execute(self, context)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, sent_input: dict[str, Any] | None = None
+    ) -> list[str]:
         """
         Finish after the wait, as the operator does. A task resumed after deferral did not run the function
         again: it reads the model input back from XCom ``model_input``, to record what the prediction was made
@@ -129,13 +131,14 @@ class CometFluxDecoratedOperator(DecoratedOperator, CometFluxPredictionOperator)
 
         :param context: the task's context.
         :param event: a prediction event from the trigger or the inline wait.
+        :param sent_input: the input as sent, after an inline wait (the key of ``reuse_path``'s index).
         """
         if self._returned_input is None:
             ti = context["ti"]
             saved = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_MODEL_INPUT, map_indexes=ti.map_index)
             if isinstance(saved, Mapping):
                 self.prompt, self.input = None, dict(saved)
-        return super().execute_complete(context, event)
+        return super().execute_complete(context, event, sent_input)
 
 
 def _recordable(model_input: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,8 @@ from airflow_provider_cometflux.pacing import RetryPolicy
 if TYPE_CHECKING:
     import requests
 
+    from airflow_provider_cometflux.cost import Price
+
 __all__ = ["CometAPIHook", "close_async_session"]
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,11 @@ class CometAPIHook(BaseHook):
     def requests_per_minute(self) -> float | None:
         """The request ceiling set on the connection (extra ``requests_per_minute``), or ``None``."""
         return self.credentials.requests_per_minute
+
+    @property
+    def prices(self) -> Mapping[str, Price]:
+        """The account's prices set on the connection (extra ``prices``), over the default table; may be empty."""
+        return self.credentials.prices
 
     async def arequests_per_minute(self) -> float | None:
         """Async :attr:`requests_per_minute`, read with the shared connection lookup of the event loop."""

@@ -1,7 +1,7 @@
 """The ``cometapi`` connection as the hook reads it, and what the hooks of one event loop share.
 
-* :func:`credentials_from`: a connection's base URL, key, optional ``requests_per_minute`` ceiling and the number of
-  ``triggerers`` that split it, checked.
+* :func:`credentials_from`: a connection's base URL, key, optional ``requests_per_minute`` ceiling, the number of
+  ``triggerers`` that split it, and ``prices``, checked.
 * :func:`read_credentials` (worker) and :func:`shared_credentials` (event loops): read a connection; on an event
   loop, every hook of one connection id shares one lookup for :data:`CREDENTIALS_TTL` seconds, so the thousands of
   triggers of a triggerer read a connection once (each lookup costs milliseconds, and a thousand at once stall the
@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +22,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cometflux._compat import BaseHook, amask_secret_function
-from airflow_provider_cometflux.exceptions import CometAPIConnectionConfigError
-from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, REQUESTS_PER_MINUTE, TRIGGERERS
+from airflow_provider_cometflux.exceptions import CometAPIConnectionConfigError, CometFluxInputError
+from airflow_provider_cometflux.get_provider_info import DEFAULT_BASE_URL, PRICES, REQUESTS_PER_MINUTE, TRIGGERERS
 from airflow_provider_cometflux.hooks.transport import USER_AGENT
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from airflow_provider_cometflux.cost import Price
 
 CONN_TYPE = "cometapi"
 #: Connections the shared async pool keeps open at most (per event loop).
@@ -49,6 +53,9 @@ class Credentials:
     def polls_per_minute(self) -> float | None:
         """The ceiling of one triggerer's polls: its share of ``requests_per_minute``, or ``None``."""
         return None if self.requests_per_minute is None else self.requests_per_minute / self.triggerers
+
+    #: the account's prices (extra ``prices``, ``{"<model>": <USD per image>}``), over the default table
+    prices: Mapping[str, Price] = field(default_factory=dict)
 
 
 def credentials_from(conn: Any, conn_id: str) -> Credentials:
@@ -78,11 +85,12 @@ def credentials_from(conn: Any, conn_id: str) -> Credentials:
         api_key=api_key,
         requests_per_minute=_ceiling_from(conn, conn_id),
         triggerers=_triggerers_from(conn, conn_id),
+        prices=_prices_from(conn, conn_id),
     )
 
 
 def _extra(conn: Any, name: str) -> Any:
-    """One field of the connection's extra (``None`` when unset or empty)."""
+    """An extra of the connection, stored plain (3.2+ forms, JSON) or prefixed (older forms)."""
     try:
         extra = conn.extra_dejson or {}
     except Exception:
@@ -111,10 +119,24 @@ def _triggerers_from(conn: Any, conn_id: str) -> int:
     return count
 
 
+def _prices_from(conn: Any, conn_id: str) -> dict[str, Price]:
+    """The connection's ``prices`` extra (a mapping, or its JSON text), checked."""
+    from airflow_provider_cometflux.cost import parse_prices
+
+    value = _extra(conn, PRICES)
+    if isinstance(value, str) and value.strip():
+        with contextlib.suppress(ValueError):  # parse_prices names what is wrong with it
+            value = json.loads(value)
+    try:
+        return parse_prices(value, f"Connection '{conn_id}' extra {PRICES}")
+    except CometFluxInputError as exc:
+        raise CometAPIConnectionConfigError(str(exc)) from None
+
+
 def _ceiling_from(conn: Any, conn_id: str) -> float | None:
     """The connection's ``requests_per_minute`` extra: a number above 0, or ``None`` when unset."""
     value = _extra(conn, REQUESTS_PER_MINUTE)
-    if value is None:
+    if value in (None, ""):
         return None
     try:
         ceiling = float(value)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_cometflux._compat import BaseOperator
-from airflow_provider_cometflux.checks import check_count, check_rate, check_seconds
+from airflow_provider_cometflux.checks import check_budget, check_count, check_rate, check_seconds, check_usd
 from airflow_provider_cometflux.engine import Engine
 from airflow_provider_cometflux.job import PredictionJob
 from airflow_provider_cometflux.submission import DEFAULT_CREATES_PER_MINUTE
@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
     from airflow.triggers.base import BaseTrigger
 
+    from airflow_provider_cometflux.completion import Outputs
+    from airflow_provider_cometflux.cost import CreateBudget, Price
     from airflow_provider_cometflux.submission import Submitted
 
 
@@ -47,6 +49,11 @@ class CometFluxBaseOperator(BaseOperator):
         as a warning naming the input, the value and the rule overridden. The prompt is always checked.
     :param trigger_queue: the triggerer queue of the task's triggers (Airflow 3.2+, ``[triggerer] queues_enabled``);
         ``None``: the task's ``queue``, as Airflow does.
+    :param reuse_path: a folder URI or ``ObjectStoragePath`` holding the index of earlier successes (templated in
+        the subclasses); needs ``output_path``.
+    :param max_cost_usd: the budget of the task in US dollars, if any.
+    :param prices: the account's prices, ``{"<owner/name>": <USD per image>}`` (or ``{"usd": x, "per":
+        "megapixel"}``), over the connection extra ``prices`` and the default table.
     """
 
     #: The task state store key holding this kind of task's prediction ids across attempts (Airflow 3.3+).
@@ -71,9 +78,18 @@ class CometFluxBaseOperator(BaseOperator):
         prefer_wait: int | None = None,
         unchecked_inputs: Sequence[str] = (),
         trigger_queue: str | None = None,
+        reuse_path: str | ObjectStoragePath | None = None,
+        max_cost_usd: float | None = None,
+        prices: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        from airflow_provider_cometflux.cost import parse_prices
+
+        self.reuse_path = reuse_path
+        self.max_cost_usd = check_usd("max_cost_usd", max_cost_usd)
+        self.prices = dict(prices or {})
+        self._task_prices = parse_prices(self.prices, "prices")
         if isinstance(unchecked_inputs, str) or not all(isinstance(name, str) for name in unchecked_inputs):
             from airflow_provider_cometflux.exceptions import CometFluxInputError
 
@@ -133,10 +149,13 @@ class CometFluxBaseOperator(BaseOperator):
         be foreseen), resume or create the predictions (saving their ids), and record them.
         """
         payloads = self.payloads()
+        reuse = self._reuse_index()
         if self.stores_images():
             from airflow_provider_cometflux.storage import check_writable
 
             check_writable(self.output_path)  # type: ignore[arg-type]
+            if reuse is not None:
+                check_writable(self.reuse_path)  # type: ignore[arg-type]
         job = self._job = PredictionJob(
             self.engine.hook,
             self.model,
@@ -146,11 +165,65 @@ class CometFluxBaseOperator(BaseOperator):
             end_time=time.time() + self.timeout,
             creates_per_minute=self.creates_per_minute,
             prefer_wait=self.prefer_wait,
+            reuse=reuse,
         )
-        submitted = job.start(context, self.log)
+        job.prepare(context, self.log)  # the reuse index is read before any request
+        submitted = job.start(context, self.log, budget=self._budget(job))
         self.engine.prediction_ids = [pid for pid in submitted.ids if pid]
         self.record(context, submitted)
         return job
+
+    def _reuse_index(self) -> Any:
+        """The reuse index of ``reuse_path`` (which needs ``output_path``: delivery URLs expire), or ``None``."""
+        if self.reuse_path is None or self.reuse_path == "":
+            return None
+        if not self.stores_images():
+            from airflow_provider_cometflux.exceptions import CometFluxInputError
+
+            raise CometFluxInputError(
+                f"reuse_path: {str(self.reuse_path)!r} needs output_path (and a task that waits for its images): "
+                "reused images are copied from where an earlier run stored them, and delivery URLs expire."
+            )
+        from airflow_provider_cometflux.reuse import ReuseIndex
+
+        return ReuseIndex(self.reuse_path)
+
+    def price_table(self, *, strict: bool = False) -> dict[str, Price]:
+        """
+        The prices this task records and budgets with: the default table, then the connection extra ``prices``,
+        then the task's ``prices``. A connection that cannot be read raises with ``strict`` (before any create),
+        else is logged and skipped (after a paid success, recording must not fail on it).
+        """
+        return self.engine.price_table(self._task_prices, strict=strict)
+
+    def _budget(self, job: PredictionJob) -> CreateBudget | None:
+        """``max_cost_usd``: refuse before any request when the estimate is above it, else the budget to create by."""
+        if self.max_cost_usd is None:
+            return None
+        from airflow_provider_cometflux.cost import CreateBudget, estimate
+
+        prices = self.price_table(strict=True)
+        todo = [payload for i, payload in enumerate(job.payloads) if i not in job.reused]
+        estimated = check_budget(
+            self.max_cost_usd,
+            self.model,
+            [estimate(self.model, payload, prices) for payload in todo],
+            served=len(job.reused),
+        )
+        self.log.info(
+            "Estimated cost $%.4f for %d prediction(s) (%d reused), within max_cost_usd $%.4f.",
+            estimated,
+            len(todo),
+            len(job.reused),
+            self.max_cost_usd,
+        )
+        return CreateBudget(self.max_cost_usd, self.model, job.payloads, prices)
+
+    def outputs(self, model_input: object = None) -> Outputs:
+        """Where and how this task keeps and records its images (and the reuse index and prices it records with)."""
+        return self.engine.outputs(
+            self.output_path, model_input, reuse_path=self.reuse_path or None, prices=self.price_table()
+        )
 
     def wait(self, context: Context, job: PredictionJob) -> Any:
         """Wait in the worker, or defer (to ``execute_complete``) what still runs after ``defer_after``."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_cometflux._compat import conf
 from airflow_provider_cometflux.checks import check_count
 from airflow_provider_cometflux.completion import complete_batch
-from airflow_provider_cometflux.contract import XCOM_CREATE_ERRORS, XCOM_PREDICTION_IDS
+from airflow_provider_cometflux.contract import XCOM_CREATE_ERRORS, XCOM_PREDICTION_IDS, XCOM_REUSED
 from airflow_provider_cometflux.events import batch_results
 from airflow_provider_cometflux.hooks.cometapi import DOWNLOAD_TIMEOUT, MAX_OUTPUT_BYTES
 from airflow_provider_cometflux.inputs import MAX_INPUT_IMAGE_BYTES, check_request_size, has_images, inline_images
@@ -86,9 +86,21 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
     :param trigger_queue: the triggerer queue of the task's trigger (Airflow 3.2+ with ``[triggerer]
         queues_enabled``: only a triggerer started with ``--queues`` naming it runs it); ``None``: the task's own
         ``queue``, as Airflow does. See the README's "One account, several triggerers".
+    :param reuse_path: a folder URI or ``ObjectStoragePath`` (templated) holding an index of earlier successes by
+        model and whole input: a prompt found there (its images still reading back with their sha256) is copied into
+        ``output_path`` (required) without any request; each new success is added.
+    :param max_cost_usd: the batch's budget in US dollars. When the estimate (prompts x images per prediction x
+        price, less what reuse serves) is above it, the task fails before any request. While creating, creation
+        stops before spent plus in flight would pass it: the prompts left are recorded as ``not_created`` with that
+        reason, and the task fails once everything is recorded.
+    :param prices: the account's prices, ``{"<owner/name>": <USD per image>}`` or ``{"<owner/name>": {"usd": x,
+        "per": "megapixel"}}``, over the connection extra ``prices`` and the default list prices.
+
+    It pushes XCom ``cost``, ``{"usd", "images", "predictions", "reused"}`` (reused images at 0); each prompt's
+    record (XCom ``predictions``, sidecar, manifest line) carries its ``cost`` and ``reused_from``.
     """
 
-    template_fields: Sequence[str] = ("prompts", "input", "model", "output_path")
+    template_fields: Sequence[str] = ("prompts", "input", "model", "output_path", "reuse_path")
     template_fields_renderers = {"input": "json", "prompts": "json"}
     state_key = STATE_KEY
 
@@ -194,6 +206,8 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         ti = context["ti"]
         ti.xcom_push(key=XCOM_PREDICTION_IDS, value=list(submitted.ids))
         ti.xcom_push(key=XCOM_CREATE_ERRORS, value=_create_errors(submitted))
+        if submitted.reused:
+            ti.xcom_push(key=XCOM_REUSED, value={str(index): entry for index, entry in submitted.reused.items()})
 
     def trigger(self, job: PredictionJob) -> CometFluxBatchTrigger:
         from airflow_provider_cometflux.triggers.batch import CometFluxBatchTrigger
@@ -220,6 +234,12 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
         results = batch_results(event, len(payloads))
         ti = context["ti"]
         errors = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_CREATE_ERRORS, map_indexes=ti.map_index)
+        reused = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_REUSED, map_indexes=ti.map_index) or {}
+        if reused:
+            from airflow_provider_cometflux.reuse import reused_event
+
+            for index, entry in reused.items():
+                results[int(index)] = reused_event(entry)
         ids = [result.get("prediction_id") or None if result else None for result in results]
         self.engine.prediction_ids = [pid for pid in ids if pid]
         return self._complete(context, payloads, ids, results, errors or {})
@@ -241,9 +261,10 @@ class CometFluxBatchOperator(CometFluxBaseOperator):
             prediction_ids=ids,
             create_errors=create_errors,
             hook=self.engine.hook,
-            outputs=self.engine.outputs(self.output_path, self.input),
+            outputs=self.outputs(self.input),
             fail_on_error=self.fail_on_error,
             model=self.model,
+            on_cost=self.engine.record_cost,
         )
 
 

@@ -75,13 +75,23 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
     :param trigger_queue: the triggerer queue of the task's trigger (Airflow 3.2+ with ``[triggerer]
         queues_enabled``: only a triggerer started with ``--queues`` naming it runs it); ``None``: the task's own
         ``queue``, as Airflow does. See the README's "One account, several triggerers".
+    :param reuse_path: a folder URI or ``ObjectStoragePath`` (templated) holding an index of earlier successes by
+        model and whole input (inline images by their sha256). When one is found and its images still read back
+        with their sha256, they are copied into ``output_path`` (required) and no request is made; a new success is
+        added. Without a ``seed`` the same prompt and settings give back the same stored image.
+    :param max_cost_usd: fail before any request when the estimated cost (images x price) is above it.
+    :param prices: the account's prices, ``{"<owner/name>": <USD per image>}`` or ``{"<owner/name>": {"usd": x,
+        "per": "megapixel"}}``, over the connection extra ``prices`` and the default list prices.
+
+    It pushes XCom ``cost``, ``{"usd", "images", "predictions", "reused"}``, and XCom ``prediction`` carries
+    ``cost`` (``{"usd", "images"}``) and ``reused_from``.
 
     On Airflow 3.3+ the prediction id is kept in the task's state store, so a retried attempt reattaches to a
     prediction that is still running or has succeeded instead of paying for a new one (one that failed is
     created anew). Airflow 3.0-3.2 have no task state store: there a retry creates a new prediction.
     """
 
-    template_fields: Sequence[str] = ("prompt", "input", "model", "output_path")
+    template_fields: Sequence[str] = ("prompt", "input", "model", "output_path", "reuse_path")
     template_fields_renderers = {"input": "json"}
     operator_extra_links = (CometAPIPredictionLink(),)
     state_key = STATE_KEY
@@ -161,6 +171,11 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         """Raise when the create failed, else push XCom ``prediction_id`` and the extra link."""
         if 0 in submitted.errors:
             raise submitted.errors[0]
+        if 0 in submitted.reused:  # served from reuse_path: the earlier prediction, no request made
+            entry = submitted.reused[0]
+            context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=entry.get("prediction_id"))
+            self.log.info("Prediction %s reused from %s.", entry.get("prediction_id"), entry.get("stored_in"))
+            return
         prediction = submitted.read[0]
         context["ti"].xcom_push(key=XCOM_PREDICTION_ID, value=prediction.id)
         CometAPIPredictionLink.persist(context, prediction.web_url)
@@ -174,9 +189,25 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         )
 
     def finish(self, context: Context, job: PredictionJob, events: list[dict[str, Any] | None]) -> list[str]:
-        return self.execute_complete(context, events[0])
+        return self.execute_complete(context, events[0], sent_input=job.payloads[0])
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[str]:
+    def _sent_input(self) -> dict[str, Any]:
+        """
+        After a deferral, the input as sent (the reuse index's key): rebuilt from the rendered input; an input
+        that no longer rebuilds (an inline image kept only as its digest) keys by what is recorded of it, since
+        the key counts an inline image by its sha256 either way.
+        """
+        from airflow_provider_cometflux.completion import recordable
+        from airflow_provider_cometflux.exceptions import CometFluxInputError
+
+        try:
+            return self.payloads()[0]
+        except CometFluxInputError:
+            return recordable(self._request_input())
+
+    def execute_complete(
+        self, context: Context, event: dict[str, Any] | None = None, sent_input: dict[str, Any] | None = None
+    ) -> list[str]:
         """
         Finish after the wait: raise on every event but a success with images, else return the image URLs or
         the stored URIs.
@@ -184,10 +215,15 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
         :param context: the task's context.
         :param event: a prediction event (:mod:`~airflow_provider_cometflux.events`) from the trigger or the
             inline wait.
+        :param sent_input: the input as sent, after an inline wait (the reuse index's key); after a deferral it
+            is rebuilt when ``reuse_path`` is set.
         """
         if isinstance(event, dict) and event.get("prediction_id"):
             self.engine.prediction_ids = [str(event["prediction_id"])]
-        outputs = self.engine.outputs(self.output_path, self.input)
+        outputs = self.outputs(self.input)
+        sent = sent_input
+        if sent is None and outputs.reuse_path and isinstance(event, dict) and event.get("status") == "succeeded":
+            sent = self._sent_input()
         return complete_one(
             context,
             event,
@@ -195,4 +231,6 @@ class CometFluxPredictionOperator(CometFluxBaseOperator):
             outputs=outputs,
             request_input=self._request_input(),
             model=self.model,
+            sent_input=sent,
+            on_cost=self.engine.record_cost,
         )

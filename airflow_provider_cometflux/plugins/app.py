@@ -30,6 +30,7 @@ from airflow_provider_cometflux.plugins.records import (
     Picture,
     TaskImages,
     load_task_images,
+    run_cost,
     share_verdicts,
     stored_image_path,
 )
@@ -124,6 +125,8 @@ form.filters { margin: 0 0 12px; display: flex; gap: 8px; flex-wrap: wrap; align
       {% if c.output_format %}<dt>format</dt><dd>{{ c.output_format }}</dd>{% endif %}
       {% if c.predict_time is not none %}<dt>prediction time</dt><dd>{{ "%.2f"|format(c.predict_time) }} s</dd>
       {% endif %}
+      {% if c.cost_usd is not none %}<dt>cost</dt><dd>${{ "%.4f"|format(c.cost_usd) }}{% if c.reused_from %}
+      (reused from {{ c.reused_from }}){% endif %}</dd>{% endif %}
       {% if c.prediction_id %}<dt>prediction</dt><dd>{{ c.prediction_id }}</dd>{% endif %}
       {% for p in c.pictures %}{% if p.sha256 %}<dt>sha256{% if c.pictures|length > 1 %} #{{ loop.index0 }}
       {% endif %}</dt><dd>{{ p.sha256 }}</dd>{% endif %}{% endfor %}
@@ -192,6 +195,8 @@ def _card_view(request: Request, dag_id: str, run_id: str, item: TaskImages, car
         "seed": card.seed,
         "output_format": card.output_format,
         "predict_time": card.predict_time,
+        "cost_usd": card.cost_usd,
+        "reused_from": card.reused_from,
         "prediction_id": card.prediction_id,
         "prompt_index": card.prompt_index,
         "pictures": pictures,
@@ -409,6 +414,8 @@ def create_app() -> FastAPI:
             return f"{url.path}?{url.query}"
 
         kept = any(p.verdict == KEPT for _, card in every for p in card.pictures)
+        total = run_cost(items)
+        spent = "" if total is None else f" · ${total:.4f} in total"
         return _page(
             request,
             dag_id=dag_id,
@@ -416,7 +423,7 @@ def create_app() -> FastAPI:
             items=items,
             shown=chosen[(number - 1) * PAGE_SIZE : number * PAGE_SIZE],
             title=f"Image gallery of {dag_id}",
-            subtitle=f"{run_id} · {count} image{'s' if count != 1 else ''}"
+            subtitle=f"{run_id} · {count} image{'s' if count != 1 else ''}{spent}"
             + (f" · {len(chosen)} shown by the filters" if query else ""),
             other_href="",
             other_label="",

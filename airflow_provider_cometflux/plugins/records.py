@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 from airflow_provider_cometflux.contract import (
     BATCH_XCOM_KEYS,
     CONTENT_TYPES,
+    RECORD_COST,
+    RECORD_REUSED_FROM,
     SUCCEEDED,
     XCOM_FAILURES,
     XCOM_IMAGES,
@@ -87,6 +89,10 @@ class Card:
     prediction_id: str = ""
     error: str = ""
     completed_at: str = ""
+    #: what the prediction cost in US dollars (0 when reused), from its record's ``cost``
+    cost_usd: float | None = None
+    #: the earlier prediction its images were reused from (``reuse_path``)
+    reused_from: str = ""
     pictures: list[Picture] = field(default_factory=list)
 
 
@@ -168,6 +174,10 @@ def _fill(card: Card, prediction: Mapping[str, Any] | None) -> None:
     card.prediction_id = _text(prediction.get("id")) or card.prediction_id
     card.error = _text(prediction.get("error")) or card.error
     card.completed_at = _text(prediction.get("completed_at"))
+    usd = _as_map(prediction.get(RECORD_COST)).get("usd")
+    if isinstance(usd, (int, float)) and not isinstance(usd, bool):
+        card.cost_usd = float(usd)
+    card.reused_from = _text(_as_map(prediction.get(RECORD_REUSED_FROM)).get("prediction_id"))
     predict_time = metrics.get("predict_time")
     if isinstance(predict_time, (int, float)) and not isinstance(predict_time, bool):
         card.predict_time = float(predict_time)
@@ -343,6 +353,12 @@ def mark_verdicts(items: Iterable[TaskImages], verdicts: Mapping[str, str]) -> N
 def share_verdicts(items: Sequence[TaskImages]) -> None:
     """Give the pictures of ``items`` the verdicts the review tasks among ``items`` gave the same images."""
     mark_verdicts(items, {p.uri: p.verdict for card in all_cards(items) for p in card.pictures if p.verdict and p.uri})
+
+
+def run_cost(items: Iterable[TaskImages]) -> float | None:
+    """What the cards of a run cost in total (reused ones at 0), or ``None`` when no card recorded a cost."""
+    costs = [card.cost_usd for item in items for card in item.cards if card.cost_usd is not None]
+    return round(sum(costs), 6) if costs else None
 
 
 def stored_image_path(card: Card, picture: Picture) -> tuple[ObjectStoragePath, str]:

@@ -123,7 +123,7 @@ class CometFluxPredictionSensor(BaseSensorOperator):
         summary = event.get("prediction") if isinstance(event, dict) else None
         if isinstance(summary, dict) and summary.get("model"):
             self.model = str(summary["model"])  # for lineage: the sensor is not told the model
-        outputs = self.engine.outputs(self.output_path)
+        outputs = self.engine.outputs(self.output_path, prices=self.engine.price_table())
         return complete_one(context, event, hook=self.engine.hook, outputs=outputs, request_input=None)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

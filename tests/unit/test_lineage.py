@@ -195,3 +195,14 @@ def test_the_providers_extractor_reads_a_finished_operator(cometapi_connection, 
     assert lineage.run_facets[PREDICTION_FACET].model == MODEL
     failed = DefaultExtractor(op).extract_on_failure(None)
     assert failed.run_facets[PREDICTION_FACET].failed is True
+
+
+def test_the_run_facet_carries_what_the_task_cost():
+    cost = {"usd": 0.006, "images": 3, "predictions": 2, "reused": 1}
+    lineage = operator_lineage(model=MODEL, prediction_ids=["p1"], output_folders=[], cost=cost)
+    facet = lineage.run_facets[PREDICTION_FACET]
+    assert (facet.costUsd, facet.images, facet.reusedPredictions) == (0.006, 3, 1)
+    assert (
+        operator_lineage(model=MODEL, prediction_ids=["p1"], output_folders=[]).run_facets[PREDICTION_FACET].costUsd
+        is None
+    )

@@ -44,3 +44,12 @@ def test_without_a_store_airflow_3_0_to_3_2_nothing_is_kept():
     assert not state.available
     state.save(["p1"])
     assert state.load(1) is None
+
+
+def test_reuse_decisions_are_saved_with_the_ids_for_this_request_only():
+    store = FakeStore()
+    saved = StateStore(context(store), "k", "req")
+    saved.save([None, None], {1: {"prediction_id": "p0"}})
+    assert StateStore(context(store), "k", "req").load_reused() == {1: {"prediction_id": "p0"}}
+    assert StateStore(context(store), "k", "other").load_reused() == {}
+    assert StateStore(context(), "k", "req").load_reused() == {}

@@ -111,3 +111,25 @@ async def test_resume_reconnects_keeps_successes_and_submits_failures_anew(comet
 async def test_resume_submits_anew_a_prediction_that_is_gone(cometapi_connection):
     result = await submit(CometAPIHook(), SCHNELL, payloads("a"), saved=["doesnotexist"])
     assert result.ids[0] not in (None, "doesnotexist") and cometapi_connection.stats["created"] == 1
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_creating_stops_before_spent_plus_in_flight_passes_the_budget(cometapi_connection):
+    from airflow_provider_cometflux.cost import BUDGET_STOP, CreateBudget, price_table
+
+    sim = cometapi_connection
+    prompts = payloads(*(f"kite {i}" for i in range(5)))
+    budget = CreateBudget(0.0075, SCHNELL, prompts, price_table())  # $0.003 an image: two fit
+    result = await submit(CometAPIHook(), SCHNELL, prompts, budget=budget)
+    assert all(result.ids[:2]) and result.ids[2:] == [None, None, None]
+    assert sorted(result.errors) == [2, 3, 4]
+    assert all(error.message.startswith(BUDGET_STOP) for error in result.errors.values())
+    assert "$0.0075 would be passed" in result.errors[2].message
+    assert sim.stats["creates"] == 2  # the rest never sent
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+async def test_reused_positions_are_never_created(cometapi_connection):
+    result = await submit(CometAPIHook(), SCHNELL, payloads("a", "b", "c"), skip={0, 2})
+    assert result.ids[0] is None and result.ids[2] is None and result.ids[1] and result.errors == {}
+    assert [r["prompt"] for r in cometapi_connection.create_requests] == ["b"]

@@ -194,3 +194,37 @@ def test_an_asset_argument_becomes_an_inlet_as_in_any_taskflow_task(cometapi_con
     op = built(draw, rows)
     assert len(op.execute(context())) == 1
     assert rows in op.inlets
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.2)
+def test_reuse_path_serves_a_second_run_even_after_a_deferred_first(cometapi_connection, tmp_path):
+    """A deferred first run keys the index by the input as sent (read back after the deferral)."""
+    image = tmp_path / "ref.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"ref" * 50)
+
+    def draw_task(run: str, **options: Any) -> Any:
+        @task.cometflux(
+            model="black-forest-labs/flux-dev",
+            output_path=str(tmp_path / run),
+            reuse_path=str(tmp_path / "index"),
+            poll_interval=0.1,
+            **options,
+        )
+        def draw(seed: int) -> dict[str, Any]:
+            return {"prompt": "a kite", "seed": seed, "image": str(image)}
+
+        return draw
+
+    ctx = context()
+    first = built(draw_task("first", deferrable=True, defer_after=0), 3)
+    with pytest.raises(task_deferred()) as deferred:
+        first.execute(ctx)
+    event = asyncio.run(first_event(deferred.value.trigger))
+    resumed = built(draw_task("first", deferrable=True, defer_after=0), 3)
+    resumed.execute_complete(ctx, event)
+    assert len(list((tmp_path / "index").glob("*.json"))) == 1
+    again = context()
+    uris = built(draw_task("second", deferrable=False), 3).execute(again)
+    assert cometapi_connection.stats["created"] == 1
+    assert again["ti"].xcoms["cost"] == {"usd": 0.0, "images": 1, "predictions": 1, "reused": 1}
+    assert [Path(u).name for u in uris] == [f"{event['prediction_id']}-0.webp"]

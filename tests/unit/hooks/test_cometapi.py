@@ -330,3 +330,26 @@ def test_a_bad_request_ceiling_is_a_clear_connection_error(monkeypatch, bad):
     monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
     with pytest.raises(CometAPIConnectionConfigError, match=f"requests_per_minute {bad!r} is not allowed"):
         assert CometAPIHook().requests_per_minute is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, {}),
+        ({"prices": {"black-forest-labs/flux-schnell": 0.002}}, {"black-forest-labs/flux-schnell": (0.002, "image")}),
+        ({"prices": '{"me/mine": {"usd": 0.01, "per": "megapixel"}}'}, {"me/mine": (0.01, "megapixel")}),
+        ({"extra__cometapi__prices": {"me/mine": 1}}, {"me/mine": (1.0, "image")}),
+    ],
+)
+def test_the_accounts_prices_come_from_the_connection(monkeypatch, extra, expected):
+    conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": extra}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    assert {model: (p.usd, p.per) for model, p in CometAPIHook().prices.items()} == expected
+
+
+@pytest.mark.parametrize("bad", [[1], {"me/mine": "cheap"}, "not json"])
+def test_bad_prices_are_a_clear_connection_error(monkeypatch, bad):
+    conn = {"conn_type": "cometapi", "host": BASE, "password": TEST_KEY, "extra": {"prices": bad}}
+    monkeypatch.setenv("AIRFLOW_CONN_COMETAPI_DEFAULT", json.dumps(conn))
+    with pytest.raises(CometAPIConnectionConfigError, match="Connection 'cometapi_default' extra prices"):
+        assert CometAPIHook().prices

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -219,3 +220,106 @@ def test_shared_reference_images_are_read_once_and_sent_with_every_prompt(cometa
     assert len(sent) == 2 and all(images[0].startswith("data:image/png;base64,") for images in sent)
     records = ctx["ti"].xcoms[XCOM_PREDICTIONS]
     assert all(record["input"]["input_images"] == [[str(tmp_path / "ref.png")], []] for record in records)
+
+
+# -- spend: reuse_path, cost, max_cost_usd ------------------------------------------------------------------------
+
+
+def local(uri: str) -> Path:
+    return Path(urlsplit(uri).path)
+
+
+def spend_operator(tmp_path: Path, run: str, prompts: list[str], **kwargs: Any) -> CometFluxBatchOperator:
+    return batch_operator(
+        prompts=prompts, output_path=str(tmp_path / run), reuse_path=str(tmp_path / "index"), **kwargs
+    )
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_a_second_run_reuses_every_prompt_without_any_request(cometapi_connection, tmp_path):
+    sim = cometapi_connection
+    first_ctx, second_ctx = context(), context()
+    first = spend_operator(tmp_path, "first", ["a", "b"]).execute(first_ctx)
+    assert sim.stats["created"] == 2
+    assert first_ctx["ti"].xcoms["cost"] == {"usd": 0.006, "images": 2, "predictions": 2, "reused": 0}
+    requests = sim.stats["requests"]
+    second = spend_operator(tmp_path, "second", ["a", "b"]).execute(second_ctx)
+    assert sim.stats["requests"] == requests
+    assert [local(u).read_bytes() for (u,) in second] == [local(u).read_bytes() for (u,) in first]
+    assert second_ctx["ti"].xcoms["cost"] == {"usd": 0.0, "images": 2, "predictions": 2, "reused": 2}
+    records = second_ctx["ti"].xcoms[XCOM_PREDICTIONS]
+    assert [r["reused_from"]["stored_in"] for r in records] == [(tmp_path / "first").as_uri()] * 2
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.2)
+def test_a_deferred_batch_creates_only_what_reuse_does_not_serve(cometapi_connection, tmp_path):
+    sim = cometapi_connection
+    spend_operator(tmp_path, "first", ["a"]).execute(context())
+    ctx = context()
+    op = spend_operator(tmp_path, "second", ["a", "b"], deferrable=True, defer_after=0)
+    with pytest.raises(task_deferred()) as deferred:
+        op.execute(ctx)
+    trigger = deferred.value.trigger
+    assert trigger.prediction_ids[0] is None and trigger.prediction_ids[1] and sim.stats["created"] == 2
+    event = asyncio.run(first_event(trigger))
+    result = spend_operator(tmp_path, "second", ["a", "b"], deferrable=True).execute_complete(ctx, event)
+    assert [len(uris) for uris in result] == [1, 1]
+    assert ctx["ti"].xcoms["cost"] == {"usd": 0.003, "images": 2, "predictions": 2, "reused": 1}
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_a_retry_keeps_the_saved_reuse_decision_even_when_the_index_entry_is_gone(cometapi_connection, tmp_path):
+    sim = cometapi_connection
+    spend_operator(tmp_path, "first", ["a"]).execute(context())
+    store = FakeStore()
+    spend_operator(tmp_path, "second", ["a"]).execute(context(store))
+    assert store.values["cometflux_batch"]["reused"]
+    for entry in (tmp_path / "index").iterdir():
+        entry.unlink()
+    spend_operator(tmp_path, "second", ["a"]).execute(context(store, try_number=2))
+    assert sim.stats["created"] == 1  # the retry did not pay
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_a_budget_refusal_fails_before_any_request(cometapi_connection, tmp_path):
+    from airflow_provider_cometflux.exceptions import CometFluxBudgetError
+
+    with pytest.raises(CometFluxBudgetError, match=r"estimate \$0.0090 for 3 prediction\(s\).*budget \$0.0050"):
+        batch_operator(prompts=["a", "b", "c"], max_cost_usd=0.005).execute(context())
+    assert cometapi_connection.stats["requests"] == 0
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_what_reuse_serves_is_not_counted_against_the_budget(cometapi_connection, tmp_path):
+    spend_operator(tmp_path, "first", ["a", "b"]).execute(context())
+    result = spend_operator(tmp_path, "second", ["a", "b", "c"], max_cost_usd=0.004).execute(context())
+    assert [len(uris) for uris in result] == [1, 1, 1] and cometapi_connection.stats["created"] == 3
+
+
+def test_reuse_path_needs_output_path_and_prices_are_checked(cometapi_connection, tmp_path):
+    with pytest.raises(CometFluxInputError, match=r"reuse_path: .* needs output_path"):
+        batch_operator(prompts=["a"], reuse_path=str(tmp_path)).execute(context())
+    with pytest.raises(CometFluxInputError, match=r"prices\['me/x'\]"):
+        batch_operator(prompts=["a"], prices={"me/x": "free"})
+    assert cometapi_connection.stats["requests"] == 0
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_task_prices_override_the_table(cometapi_connection):
+    ctx = context()
+    batch_operator(prompts=["a"], prices={"black-forest-labs/flux-schnell": 0.5}).execute(ctx)
+    assert ctx["ti"].xcoms["cost"]["usd"] == 0.5
+    assert ctx["ti"].xcoms[XCOM_PREDICTIONS][0]["cost"] == {"usd": 0.5, "images": 1}
+
+
+@pytest.mark.cometapi_simulator(run_seconds=0.1)
+def test_reused_in_the_folder_it_was_made_in_keeps_the_paying_runs_sidecar(cometapi_connection, tmp_path):
+    from airflow_provider_cometflux.provenance import load_manifests, load_record
+
+    ((uri,),) = spend_operator(tmp_path, "same", ["a"]).execute(context())
+    again = context()
+    assert spend_operator(tmp_path, "same", ["a"]).execute(again) == [[uri]]
+    assert load_record(uri).cost == {"usd": 0.003, "images": 1} and load_record(uri).reused_from is None
+    (row,) = load_manifests(tmp_path / "same")  # this run's manifest says it was reused
+    assert row.cost == {"usd": 0.0, "images": 1} and row.reused_from["prediction_id"] == Path(uri).name.split("-")[0]
+    assert cometapi_connection.stats["created"] == 1

@@ -506,3 +506,20 @@ def test_the_thumbnail_cache_stays_bounded(tmp_path: Path, monkeypatch: pytest.M
         data = thumbnails.thumbnail(ObjectStoragePath(image.as_uri()), uri=image.as_uri(), sha256="", size=i)
         assert data is not None and data[:4] == b"RIFF"
     assert len(list(cache.iterdir())) == 3
+
+
+def test_a_card_shows_its_cost_and_the_run_gallery_the_runs_total(
+    client: TestClient, viewer: dict[str, str], records: Records
+):
+    paid = prediction("ppaid", "paid for", cost={"usd": 0.006, "images": 2}, reused_from=None)
+    reused = prediction(
+        "pold", "reused one", cost={"usd": 0.0, "images": 1}, reused_from={"prediction_id": "pold", "stored_in": "x"}
+    )
+    records.add("paid", {"prediction_id": "ppaid", "prediction": paid, "return_value": paid["output"]})
+    records.add("reused", {"prediction_id": "pold", "prediction": reused, "return_value": reused["output"]})
+    records.add("older", {"prediction_id": "pnone", "prediction": prediction("pnone", "before costs were recorded")})
+    page = client.get(f"/run/{DAG}/{RUN}", headers=viewer).text
+    assert "$0.0060 in total" in page
+    assert "<dt>cost</dt><dd>$0.0060" in page and "$0.0000" in page and "(reused from pold)" in page
+    one = client.get(f"/ti/{DAG}/{RUN}/older", headers=viewer).text
+    assert "<dt>cost</dt>" not in one and "in total" not in one
