@@ -20,7 +20,7 @@ from typing import Any
 from airflow_provider_cometflux.exceptions import CometFluxInputError
 
 #: Where the default prices come from, and when they were read.
-PRICES_SOURCE = "Replicate's public list prices (replicate.com/pricing and each model's page)"
+PRICES_SOURCE = "public list prices: Replicate's and Black Forest Labs' pages, per model in PRICE_SOURCES"
 PRICES_DATE = "2026-10"
 #: Units a price may be given in.
 PER_IMAGE = "image"
@@ -59,6 +59,20 @@ DEFAULT_PRICES: dict[str, Price] = {
     "black-forest-labs/flux-kontext-max": Price(0.08),
     "black-forest-labs/flux-2-pro": Price(0.015, PER_MEGAPIXEL),
     "black-forest-labs/flux-2-flex": Price(0.06, PER_MEGAPIXEL),
+}
+
+#: Where each default price was read (:data:`PRICES_DATE`). Two are not confirmed from a first-hand page and say so:
+#: check them against your account before relying on a budget.
+PRICE_SOURCES: dict[str, str] = {
+    "black-forest-labs/flux-schnell": "Replicate's pricing page",
+    "black-forest-labs/flux-dev": "not confirmed: Replicate's commonly quoted list price",
+    "black-forest-labs/flux-pro": "Replicate's model page (black-forest-labs/flux-pro)",
+    "black-forest-labs/flux-1.1-pro": "Black Forest Labs' pricing page (docs.bfl.ml)",
+    "black-forest-labs/flux-1.1-pro-ultra": "Black Forest Labs' pricing page (docs.bfl.ml)",
+    "black-forest-labs/flux-kontext-pro": "Black Forest Labs' pricing page (docs.bfl.ml)",
+    "black-forest-labs/flux-kontext-max": "Black Forest Labs' pricing page (docs.bfl.ml)",
+    "black-forest-labs/flux-2-pro": "not confirmed: resellers' listings ($0.015 to $0.03 per megapixel)",
+    "black-forest-labs/flux-2-flex": "Black Forest Labs' list price",
 }
 
 #: ``resolution`` values (FLUX.2) -> megapixels; ``match_input_image`` is counted as the default, 1 MP.

@@ -109,3 +109,9 @@ def test_while_creating_spent_plus_in_flight_stays_within_the_budget():
     assert budget.allows(2)
     budget.release(1)
     assert budget.spent == 0.0
+
+
+def test_every_default_price_says_where_it_was_read():
+    from airflow_provider_cometflux.cost import DEFAULT_PRICES, PRICE_SOURCES
+
+    assert set(PRICE_SOURCES) == set(DEFAULT_PRICES) and all(PRICE_SOURCES.values())
