@@ -498,7 +498,8 @@ def load_manifests(folder: str | ObjectStoragePath) -> list[ManifestRecord]:
 def record_verdicts(folder: str | ObjectStoragePath, verdicts: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """
     Add a review's verdicts to the records of a folder: each prediction's sidecar and its line in every manifest of
-    the folder get them appended to their ``review`` list, each file rewritten whole (:func:`write_whole`).
+    the folder get them appended to their ``review`` list, each file rewritten whole (:func:`write_whole`). Recording
+    the same verdicts again (a resumed task) changes nothing.
 
     A prediction without a sidecar here is skipped (its images were stored elsewhere); other lines stay as they were.
 
@@ -514,7 +515,7 @@ def record_verdicts(folder: str | ObjectStoragePath, verdicts: Mapping[str, Sequ
             continue
         data = json.loads(sidecar.read_text(encoding="utf-8"))
         _check_format(data, f"{sidecar}")
-        data["review"] = [*(data.get("review") or []), *added]
+        data["review"] = _with_verdicts(data.get("review"), added)
         write_sidecar(base, data)
     for entry in list(base.iterdir()) if base.exists() else []:
         if _manifest_order(entry.name) is None:
@@ -525,10 +526,17 @@ def record_verdicts(folder: str | ObjectStoragePath, verdicts: Mapping[str, Sequ
         for row in rows:
             more = wanted.get(str(row.get("prediction_id") or ""))
             if isinstance(row, dict) and more:
-                row["review"] = [*(row.get("review") or []), *more]
+                row["review"] = _with_verdicts(row.get("review"), more)
                 touched = True
         if touched:
             write_manifest(base, rows, name=entry.name)
+
+
+def _with_verdicts(existing: Any, added: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """A ``review`` list with ``added`` appended, each verdict once: a resumed task recording again adds nothing."""
+    merged = list(existing or [])
+    merged.extend(verdict for verdict in added if verdict not in merged)
+    return merged
 
 
 def _verdicts(value: Any) -> tuple[Mapping[str, Any], ...]:

@@ -394,3 +394,17 @@ def test_the_batch_operator_writes_a_manifest_and_a_sidecar_per_success(cometapi
     pd = pytest.importorskip("pandas")
     frame = pd.read_json(tmp_path / "batch" / "manifest.jsonl", lines=True)
     assert list(frame["prediction_id"]) == ids and list(frame["status"]) == [r.status for r in records]
+
+
+def test_recording_the_same_verdicts_twice_adds_them_once(tmp_path):
+    """A resumed review task may record its verdicts again: sidecars and manifest lines keep each one once."""
+    from airflow_provider_cometflux.provenance import record_verdicts
+
+    rows, sidecars = batch_rows(tmp_path)
+    write_manifest(tmp_path, rows)
+    verdict = {"index": 0, "verdict": "kept", "by": "reviewer", "at": "2026-12-07T10:00:00+00:00", "round": 1}
+    for _ in range(2):
+        record_verdicts(tmp_path, {"pA": [verdict]})
+    assert load_sidecar(sidecars[0]).review == (verdict,)
+    by_id = {row.prediction_id: row for row in load_manifest(tmp_path / "manifest.jsonl")}
+    assert by_id["pA"].review == (verdict,) and by_id["pC"].review == ()
