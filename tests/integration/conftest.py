@@ -1,4 +1,4 @@
-"""Real Airflow runs: ``airflow dags test`` in a subprocess, against the simulator on loopback."""
+"""Real Airflow runs: ``airflow dags test`` (:mod:`tests.airflow_cli`), against the simulator on loopback."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 import os
 import re
 import sqlite3
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import airflow_cli
 from tests.airflow_db import migrated
 from tests.compat import plain
 
@@ -96,12 +96,9 @@ def dags_test(airflow_home: Path, cometapi_simulator: Any, tmp_path: Path):
             **extra_env,
         )
         if reserialize:  # Airflow 3.0's `dags test` leaves the DAG's assets inactive until the DAG is serialized
-            subprocess.run(
-                [AIRFLOW, "dags", "reserialize"], env=env, capture_output=True, text=True, timeout=timeout, check=True
-            )
-        proc = subprocess.run(
-            [AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=timeout
-        )
+            done = airflow_cli.run(["dags", "reserialize"], env=env, timeout=timeout)
+            assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        proc = airflow_cli.run(["dags", "test", dag_id], env=env, timeout=timeout)
         db = airflow_home / "airflow.db"
         with sqlite3.connect(db) as conn_db:
             row = conn_db.execute(

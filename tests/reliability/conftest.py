@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_cometflux.testing.simulator import CometAPISimulator
-from tests.integration.conftest import AIRFLOW, DagRunResult, airflow_env, migrated_home
+from tests import airflow_cli
+from tests.integration.conftest import DagRunResult, airflow_env, migrated_home
 
 RELIABILITY_DAGS = Path(__file__).parent / "dags"
 REPO_ROOT = Path(__file__).parents[2]
@@ -93,9 +93,7 @@ def dag_runner(home: Path) -> RunDag:
         for conn_id, (base_url, key) in connections.items():
             env.update(connection_env(conn_id, base_url, key))
         started = time.monotonic()
-        proc = subprocess.run(
-            [AIRFLOW, "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=timeout
-        )
+        proc = airflow_cli.run(["dags", "test", dag_id], env=env, timeout=timeout)
         seconds = time.monotonic() - started
         db = home / "airflow.db"
         with sqlite3.connect(db) as conn_db:
