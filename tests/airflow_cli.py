@@ -63,6 +63,8 @@ class _Server:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin: IO[str] = self.proc.stdin
         self.stdout: IO[str] = self.proc.stdout
+        #: the process of the latest run (gone once the run returned or timed out)
+        self.last_pid: int | None = None
         self._answer(WARM_UP_SECONDS)
 
     def _answer(self, timeout: float) -> dict[str, Any] | None:
@@ -87,7 +89,7 @@ class _Server:
             started = self._answer(60)
             if started is None:
                 raise RuntimeError(f"the Airflow server (pid {self.proc.pid}) did not start the run:\n{self.tail()}")
-            pid = int(started["pid"])
+            pid = self.last_pid = int(started["pid"])
             deadline = time.monotonic() + timeout
             ended = self._answer(deadline - time.monotonic())
             if ended is None:  # as subprocess.run does on a timeout: stop the run (its whole group), then raise

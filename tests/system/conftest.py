@@ -46,6 +46,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "system: PostgreSQL, CeleryExecutor with Redis, two triggerers and the simulator as processes"
     )
+    config.addinivalue_line(
+        "markers", "ends_deployment: stops the session's deployment; runs after every other system scenario"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The scenario that stops the deployment (the canary: it reads every log whole) runs last, whatever its file."""
+    items.sort(key=lambda item: item.get_closest_marker("ends_deployment") is not None)  # stable: the rest in order
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

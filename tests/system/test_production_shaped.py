@@ -305,6 +305,7 @@ def kombu_bodies(value: bytes) -> bytes:
     return b"\n".join(decoded)
 
 
+@pytest.mark.ends_deployment  # it stops every component to read their logs whole
 def test_canary_key_is_nowhere(deployment: Deployment) -> None:
     system = deployment
     needles = [form.encode() for form in variants(system.canary)]

@@ -12,7 +12,6 @@ prompt.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -25,12 +24,6 @@ pytestmark = [
     pytest.mark.system,
     pytest.mark.timeout(900),
     pytest.mark.skipif(AIRFLOW_VERSION.release[:2] < (3, 2), reason="trigger queues are Airflow 3.2+"),
-    # Passed alone (302 s), but in the whole system suite the deployment's api-server exited (0) while this scenario
-    # started its worker and triggerer: opt-in until that is understood (COMETFLUX_SYSTEM_TRIGGER_QUEUES=1).
-    pytest.mark.skipif(
-        os.environ.get("COMETFLUX_SYSTEM_TRIGGER_QUEUES") != "1",
-        reason="opt-in (COMETFLUX_SYSTEM_TRIGGER_QUEUES=1): the api-server exited during it in the whole suite",
-    ),
 ]
 
 DAG_ID = "system_trigger_queue"
