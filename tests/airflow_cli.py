@@ -8,7 +8,8 @@ Airflow's own CLI entry point with the run's environment: the same code the ``ai
 configuration met for the first time runs the plain executable; the second time starts its server. Each test
 process keeps at most :data:`MAX_SERVERS` and stops them by PID when it ends.
 
-``COMETFLUX_TEST_COLD_AIRFLOW=1`` runs every command as the plain ``airflow`` executable instead.
+Runs with OpenLineage configured (:data:`ALWAYS_COLD`) and, with ``COMETFLUX_TEST_COLD_AIRFLOW=1``, every run use the
+plain ``airflow`` executable instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from typing import IO, Any
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 ROOT = Path(__file__).parents[1]
 MAX_SERVERS = 3
+#: Runs configured with these always run the executable: OpenLineage's task listener (the provider in Airflow
+#: 3.2.2's lock) sent no task events from a fork of a warm process, only the DAG run's.
+ALWAYS_COLD = ("AIRFLOW__OPENLINEAGE__",)
 #: How long a server may take to import Airflow and build its routes.
 WARM_UP_SECONDS = 300
 
@@ -139,7 +143,8 @@ def run(argv: list[str], *, env: dict[str, str], timeout: float) -> subprocess.C
     """
     key = _config(env)
     _seen[key] += 1
-    if os.environ.get("COMETFLUX_TEST_COLD_AIRFLOW") == "1" or (_seen[key] < 2 and key not in _servers):
+    cold = os.environ.get("COMETFLUX_TEST_COLD_AIRFLOW") == "1" or any(k.startswith(ALWAYS_COLD) for k in env)
+    if cold or (_seen[key] < 2 and key not in _servers):
         return subprocess.run([AIRFLOW, *argv], env=env, capture_output=True, text=True, timeout=timeout)
     server = _servers.pop(key, None)
     if server is None or server.proc.poll() is not None:

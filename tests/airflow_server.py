@@ -46,9 +46,8 @@ def warm_up() -> None:
             initialize()
 
 
-def child(request: dict[str, Any], answers: int) -> int:
-    """In the fork: the run's environment and output files, then Airflow's CLI."""
-    os.close(answers)
+def child(request: dict[str, Any]) -> int:
+    """In the fork: the run's environment and output files, then Airflow's CLI; returns its exit code."""
     os.environ.clear()
     os.environ.update(request["env"])
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -85,15 +84,10 @@ def serve() -> None:
         pid = os.fork()
         if pid == 0:
             os.setsid()  # the caller can stop the run and whatever it started as one group
-            code = 1
-            try:
-                code = child(request, answers.fileno())
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+            answers.close()
+            # and it leaves as the airflow executable does: threads joined, atexit handlers run (OpenLineage's
+            # listener sends what it queued there), buffers flushed
+            sys.exit(child(request))
         answers.write(json.dumps({"pid": pid}) + "\n")
         _, status = os.waitpid(pid, 0)
         answers.write(json.dumps({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)}) + "\n")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,25 +24,19 @@ NAMESPACE = "cometflux-it"
 
 
 @pytest.fixture
-def lineage_run(dags_test, airflow_home: Path, tmp_path: Path):
-    """
-    Run a DAG with OpenLineage writing its events to a file; returns the run and its events. The file is the
-    session's (one Airflow configuration for every run, so the runs share a warm server: tests/airflow_cli.py);
-    a run's events are what it appended.
-    """
+def lineage_run(dags_test, tmp_path: Path):
+    """Run a DAG with OpenLineage writing its events to a file; returns the run and its events."""
 
     def run(dag_id: str) -> tuple[Any, list[dict[str, Any]], Path]:
-        events_file = airflow_home / "openlineage.jsonl"
+        events_file = tmp_path / "openlineage.jsonl"
         transport = {"type": "file", "log_file_path": str(events_file), "append": True}
-        start = events_file.stat().st_size if events_file.exists() else 0
         result = dags_test(
             dag_id,
             AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps(transport),
             AIRFLOW__OPENLINEAGE__NAMESPACE=NAMESPACE,
             AIRFLOW__OPENLINEAGE__DISABLED="False",
         )
-        with events_file.open("rb") if events_file.exists() else nullcontext(None) as events_in:
-            text = "" if events_in is None else events_in.read()[start:].decode()
+        text = events_file.read_text() if events_file.exists() else ""
         assert SIMULATOR_API_KEY not in text  # the connection's key is nowhere in the events
         events = [json.loads(line) for line in text.splitlines() if line.strip()]
         return result, events, tmp_path / "images" / dag_id
