@@ -16,8 +16,10 @@ closes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -90,6 +92,8 @@ def serve() -> None:
             sys.exit(child(request))
         answers.write(json.dumps({"pid": pid}) + "\n")
         _, status = os.waitpid(pid, 0)
+        with contextlib.suppress(ProcessLookupError):  # whatever the run started and left behind (its group)
+            os.killpg(pid, signal.SIGKILL)
         answers.write(json.dumps({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)}) + "\n")
 
 
