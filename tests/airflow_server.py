@@ -54,6 +54,7 @@ def child(request: dict[str, Any]) -> int:
     os.environ.update(request["env"])
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    os.close(devnull)
     for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
         out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(out, fd)
@@ -87,8 +88,7 @@ def serve() -> None:
         if pid == 0:
             os.setsid()  # the caller can stop the run and whatever it started as one group
             answers.close()
-            # and it leaves as the airflow executable does: threads joined, atexit handlers run (OpenLineage's
-            # listener sends what it queued there), buffers flushed
+            # and it leaves as the airflow executable does: threads joined, atexit handlers run, buffers flushed
             sys.exit(child(request))
         answers.write(json.dumps({"pid": pid}) + "\n")
         _, status = os.waitpid(pid, 0)

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import sqlite3
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,12 @@ from typing import Any
 import pytest
 
 from tests import airflow_cli
+from tests.airflow_cli import AIRFLOW  # noqa: F401  (the suites import it from here)
 from tests.airflow_db import migrated
 from tests.compat import plain
 
 TEST_DAGS = Path(__file__).parent / "dags"
 EXAMPLE_DAGS = Path(__file__).parents[2] / "example_dags"
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 def airflow_env(home: Path, **extra: str) -> dict[str, str]:
