@@ -4,12 +4,13 @@ One ``airflow dags test`` spends 17-20 s of CPU, about 14 of them importing Airf
 Execution API before its first task runs; the suites make a few hundred such runs per ``make test``. Runs with the
 same Airflow configuration (AIRFLOW_HOME, the DAGs folder, every other ``AIRFLOW__`` variable) therefore share a
 server (:mod:`tests.airflow_server`) that does that once and forks a fresh child for each run, which calls
-Airflow's own CLI entry point with the run's environment: the same code the ``airflow`` executable runs. A
-configuration met for the first time runs the plain executable; the second time starts its server. Each test
-process keeps at most :data:`MAX_SERVERS` and stops them by PID when it ends.
+Airflow's own CLI entry point with the run's environment: the same code the ``airflow`` executable runs. On
+Airflow 3.0-3.2 the server also keeps one in-process Execution API for all of a run's tasks, as 3.3 does
+(:func:`tests.airflow_server.one_api_per_process`). Each test process keeps at most :data:`MAX_SERVERS` and stops
+them by PID when it ends.
 
-Runs with OpenLineage configured (:data:`ALWAYS_COLD`) and, with ``COMETFLUX_TEST_COLD_AIRFLOW=1``, every run use the
-plain ``airflow`` executable instead.
+Runs with OpenLineage configured (:data:`ALWAYS_COLD`), runs asked for with ``cold=True`` and, with
+``COMETFLUX_TEST_COLD_AIRFLOW=1``, every run use the plain ``airflow`` executable instead: Airflow as released.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 ROOT = Path(__file__).parents[1]
-MAX_SERVERS = 3
+#: A test process meets about six configurations (each suite's AIRFLOW_HOME and DAGs folders, a few tests' own);
+#: a server holds 200-300 MB.
+MAX_SERVERS = 6
 #: Runs configured with these always run the executable: OpenLineage's task listener (the provider in Airflow
 #: 3.2.2's lock) sent no task events from a fork of a warm process, only the DAG run's.
 ALWAYS_COLD = ("AIRFLOW__OPENLINEAGE__",)
@@ -126,7 +129,6 @@ class _Server:
 
 
 _servers: OrderedDict[tuple[tuple[str, str], ...], _Server] = OrderedDict()
-_seen: Counter[tuple[tuple[str, str], ...]] = Counter()
 
 
 @atexit.register
@@ -136,16 +138,17 @@ def stop_servers() -> None:
         _servers.popitem()[1].stop()
 
 
-def run(argv: list[str], *, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str], *, env: dict[str, str], timeout: float, cold: bool = False
+) -> subprocess.CompletedProcess[str]:
     """
     ``airflow *argv`` with ``env`` as its whole environment; what ``subprocess.run(..., capture_output=True,
-    text=True, timeout=timeout)`` returns (and raises on a timeout).
+    text=True, timeout=timeout)`` returns (and raises on a timeout). ``cold``: run the executable.
     """
-    key = _config(env)
-    _seen[key] += 1
-    cold = os.environ.get("COMETFLUX_TEST_COLD_AIRFLOW") == "1" or any(k.startswith(ALWAYS_COLD) for k in env)
-    if cold or _seen[key] < 2:  # a configuration's first run: the executable
+    cold = cold or os.environ.get("COMETFLUX_TEST_COLD_AIRFLOW") == "1" or any(k.startswith(ALWAYS_COLD) for k in env)
+    if cold:
         return subprocess.run([AIRFLOW, *argv], env=env, capture_output=True, text=True, timeout=timeout)
+    key = _config(env)
     server = _servers.pop(key, None)
     if server is None or server.proc.poll() is not None:
         while len(_servers) >= MAX_SERVERS:

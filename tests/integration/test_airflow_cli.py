@@ -28,9 +28,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_warm_run_answers_as_the_executable_does(home: Path) -> None:
     env = airflow_env(home)
-    cold = airflow_cli.run(["version"], env=env, timeout=120)  # a configuration met the first time: the executable
+    cold = airflow_cli.run(["version"], env=env, timeout=120, cold=True)  # the executable
     assert airflow_cli._config(env) not in airflow_cli._servers
-    warm = airflow_cli.run(["version"], env=env, timeout=120)  # the second time: its server
+    warm = airflow_cli.run(["version"], env=env, timeout=120)  # the configuration's server
     server = airflow_cli._servers[airflow_cli._config(env)]
     again = airflow_cli.run(["version"], env=env, timeout=120)
     assert airflow_cli._servers[airflow_cli._config(env)] is server  # one server for the configuration
@@ -47,7 +47,6 @@ def test_a_run_past_its_timeout_is_stopped(home: Path, tmp_path: Path) -> None:
     dags.mkdir()
     (dags / "slow.py").write_text(SLOW_DAG)
     env = airflow_env(home, AIRFLOW__CORE__DAGS_FOLDER=str(dags))
-    airflow_cli.run(["version"], env=env, timeout=120)  # the first run of this configuration: the executable
     with pytest.raises(subprocess.TimeoutExpired):
         airflow_cli.run(["dags", "test", "slow"], env=env, timeout=3)
     server = airflow_cli._servers[airflow_cli._config(env)]
