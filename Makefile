@@ -145,21 +145,44 @@ test-system: $(STAMP)
 test-highest: test-$(NEWEST)
 test-lowest: test-3.0
 
-PARTS := deps check-locks lint $(foreach m,$(MATRIX),test-$(m)-parallel test-$(m)-serial) \
-	$(foreach p,$(PYTHONS),test-py$(p)) test-browser test-system
+# The parts of `make test`: first what everything needs, then two lanes side by side. The parts that start
+# Airflow's services (the system suite, the serial parts, the browser test) mostly wait for them (heartbeats, a
+# triggerer's takeover): about half of one core. They run one after another beside the matrix's parallel parts,
+# and the unit tests on the other Pythons after them, so that both lanes end about together (the table of times
+# says how busy the cores were in each part: CPU seconds against its wall time).
+SETUP_PARTS := deps check-locks
+MATRIX_PARTS := lint $(foreach m,$(MATRIX),test-$(m)-parallel)
+BESIDE_PARTS := test-system $(foreach m,$(MATRIX),test-$(m)-serial) test-browser $(foreach p,$(PYTHONS),test-py$(p))
+PARTS := $(SETUP_PARTS) $(MATRIX_PARTS) $(BESIDE_PARTS)
+# Where the parts run beside the others write their output (printed whole when the run ends).
+LOGS := .ci-logs
 
-# Every part runs even when an earlier one failed; the table of times comes last, and any failure fails the run.
+# Every part runs even when an earlier one failed; the output of the parts run beside and the table of times come
+# last, and
+# any failure fails the run.
 test:
-	@rm -f $(TIMES)
-	@status=0; \
-	for part in $(PARTS); do \
+	@rm -rf $(TIMES) $(LOGS) && mkdir -p $(LOGS)
+	@started=$$(date +%s); status=0; \
+	for part in $(SETUP_PARTS); do \
 		$(MAKE) --no-print-directory $$part || status=1; \
 	done; \
-	.ci/timed --summary $(TIMES); \
+	( lane=0; for part in $(BESIDE_PARTS); do \
+		echo "== beside: $$part started (output in $(LOGS)/$$part.log)"; \
+		$(MAKE) --no-print-directory $$part >$(LOGS)/$$part.log 2>&1 || lane=1; \
+		echo "== beside: $$part ended ($$(tail -n 1 $(LOGS)/$$part.log))"; \
+	done; exit $$lane ) & beside=$$!; \
+	for part in $(MATRIX_PARTS); do \
+		$(MAKE) --no-print-directory $$part || status=1; \
+	done; \
+	wait $$beside || status=1; \
+	for part in $(BESIDE_PARTS); do \
+		echo; echo "======== output of $$part (ran beside the others)"; cat $(LOGS)/$$part.log; \
+	done; \
+	.ci/timed --summary $(TIMES) $$(($$(date +%s) - started)); \
 	exit $$status
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-af* .venv-py* $(TOOLS) .demo .pytest_cache .mypy_cache .ruff_cache $(TIMES)
+	rm -rf $(VENV) .venv-af* .venv-py* $(TOOLS) .demo .pytest_cache .mypy_cache .ruff_cache $(TIMES) $(LOGS)
