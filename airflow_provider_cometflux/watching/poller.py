@@ -97,7 +97,9 @@ class _Watcher:
     def __init__(
         self, future: asyncio.Future[Prediction], interval: float, end_time: float | None, max_errors: int
     ) -> None:
-        self.future = future
+        #: the awaiting coroutine's future; dropped once the watcher is unregistered, so that a finished watcher
+        #: left in the deadline heap (until it is compacted) keeps neither the future nor the prediction alive
+        self.future: asyncio.Future[Prediction] | None = future
         self.interval = interval
         self.end_time = end_time
         self.max_errors = max_errors
@@ -217,6 +219,7 @@ class SharedPoller:
     def unregister(self, watcher: _Watcher) -> None:
         """Forget one watcher (its coroutine was cancelled or is done); the others are left alone."""
         watcher.deadline = None  # its item in the deadline heap is stale from now on
+        watcher.future = None
         entry = watcher.entry
         if entry is None:
             return
@@ -235,7 +238,7 @@ class SharedPoller:
     def _finish(self, watcher: _Watcher, result: Prediction | BaseException) -> None:
         future = watcher.future
         self.unregister(watcher)
-        if future.done():
+        if future is None or future.done():
             return
         if isinstance(result, BaseException):
             future.set_exception(result)
@@ -382,8 +385,10 @@ class SharedPoller:
         for entry in list(self.entries.values()):
             for watcher in list(entry.watchers):
                 if isinstance(exc, asyncio.CancelledError):
+                    future = watcher.future
                     self.unregister(watcher)
-                    watcher.future.cancel()
+                    if future is not None:
+                        future.cancel()
                 else:
                     self._finish(watcher, exc)
 
@@ -604,6 +609,34 @@ async def watch_prediction(
         ``max_consecutive_errors`` transient ones in a row.
     :raises CometAPIConnectionConfigError: the connection is missing or unusable.
     """
+    poller, watcher, future = start_watching(
+        cometapi_conn_id,
+        prediction_id,
+        poll_interval=poll_interval,
+        end_time=end_time,
+        max_consecutive_errors=max_consecutive_errors,
+    )
+    try:
+        return await future
+    finally:
+        poller.unregister(watcher)
+
+
+def start_watching(
+    cometapi_conn_id: str,
+    prediction_id: str,
+    *,
+    poll_interval: float,
+    end_time: float | None,
+    max_consecutive_errors: int,
+) -> tuple[SharedPoller, _Watcher, asyncio.Future[Prediction]]:
+    """
+    Register a prediction with the running loop's poller, for a caller that awaits the returned future itself
+    and unregisters the watcher when done (as :func:`watch_prediction` does), without a coroutine frame in between: a
+    triggerer holds one such frame per trigger, which every full garbage collection walks.
+
+    The arguments and errors are :func:`watch_prediction`'s.
+    """
     pid = check_prediction_id(prediction_id)
     if not poll_interval > 0:
         raise ValueError(f"poll_interval must be above 0, not {poll_interval!r}")
@@ -616,7 +649,5 @@ async def watch_prediction(
     watcher = poller.register(
         pid, poll_interval=float(poll_interval), end_time=end_time, max_consecutive_errors=max_consecutive_errors
     )
-    try:
-        return await watcher.future
-    finally:
-        poller.unregister(watcher)
+    assert watcher.future is not None
+    return poller, watcher, watcher.future
