@@ -52,7 +52,6 @@ import random
 import sys
 import time
 import weakref
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from airflow_provider_cometflux.exceptions import (
@@ -62,10 +61,11 @@ from airflow_provider_cometflux.exceptions import (
 )
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
 from airflow_provider_cometflux.pacing import (
+    FIRST_POLL_DELAY,
     MAX_CONSECUTIVE_POLL_ERRORS,
     POLL_ERRORS,
     RequestBudget,
-    poll_delays,
+    next_poll_delay,
 )
 
 if TYPE_CHECKING:
@@ -113,19 +113,25 @@ class _Watcher:
 class _Entry:
     """One prediction's registration: its watchers, its poll schedule, what its last poll said."""
 
-    __slots__ = ("delays", "due", "error", "errors", "in_flight", "interval", "pid", "seq", "status", "watchers")
+    __slots__ = ("due", "error", "errors", "in_flight", "interval", "pid", "seq", "status", "step", "watchers")
 
     def __init__(self, pid: str, interval: float) -> None:
         self.pid = pid
         self.watchers: list[_Watcher] = []
         self.interval = interval
-        self.delays: Iterator[float] = poll_delays(interval)
+        #: the next delay between polls before jitter (see :func:`~airflow_provider_cometflux.pacing.poll_delays`)
+        self.step = min(FIRST_POLL_DELAY, interval)
         self.due = 0.0
         self.seq = -1  # the heap item that is current; older ones are stale
         self.in_flight = False
         self.errors = 0
         self.status = "unknown"
         self.error: BaseException | None = None
+
+    def next_delay(self) -> float:
+        """The delay before this prediction's next poll: quick at first, then every ``poll_interval``."""
+        delay, self.step = next_poll_delay(self.step, self.interval)
+        return delay
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -167,7 +173,9 @@ class SharedPoller:
         #: status requests started, and answered (or failed) so far
         self.requests = 0
         self.answers = 0
-        self._heap: list[tuple[float, int, _Entry]] = []
+        #: polls by when they are due: ``(due, seq, prediction id)``; holding the id, not the entry, each item is a
+        #: tuple of atoms, which the garbage collector stops tracking (one object fewer per prediction to walk)
+        self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -204,8 +212,8 @@ class SharedPoller:
                 self._poke()
         elif poll_interval < entry.interval:  # polled at the smaller interval from now on
             entry.interval = poll_interval
-            entry.delays = poll_delays(poll_interval)
-            soon = now + next(entry.delays)
+            entry.step = min(FIRST_POLL_DELAY, poll_interval)
+            soon = now + entry.next_delay()
             if not entry.in_flight and soon < entry.due:
                 self._schedule(entry, soon)
                 self._poke()
@@ -304,14 +312,14 @@ class SharedPoller:
         self._seq += 1
         entry.due, entry.seq = due, self._seq
         heap = self._heap
-        heapq.heappush(heap, (due, self._seq, entry))
+        heapq.heappush(heap, (due, self._seq, entry.pid))
         if len(heap) > 2 * len(self.entries) + 64:  # stale items of dropped or rescheduled predictions
             self._heap = [item for item in heap if self._current(item)]
             heapq.heapify(self._heap)
 
-    def _current(self, item: tuple[float, int, _Entry]) -> bool:
-        entry = item[2]
-        return entry.seq == item[1] and not entry.in_flight and self.entries.get(entry.pid) is entry
+    def _current(self, item: tuple[float, int, str]) -> bool:
+        entry = self.entries.get(item[2])
+        return entry is not None and entry.seq == item[1] and not entry.in_flight
 
     def _poke(self) -> None:
         if self._wakeup is not None:
@@ -432,7 +440,7 @@ class SharedPoller:
                 started = 0
                 await self._sleep(wait, for_due=False)
                 continue
-            entry = heapq.heappop(heap)[2]
+            entry = self.entries[heapq.heappop(heap)[2]]
             entry.in_flight = True
             self._in_flight += 1
             self.requests += 1
@@ -520,7 +528,7 @@ class SharedPoller:
             entry.status, entry.error, entry.errors = result.status, None, 0
             for watcher in entry.watchers:
                 watcher.errors = 0
-            self._schedule(entry, now + next(entry.delays))
+            self._schedule(entry, now + entry.next_delay())
             return
         if isinstance(result, CometAPIError) and result.http_status is not None:
             self.budget.answered(now, started)  # an answer all the same: the service is not refusing
@@ -543,7 +551,7 @@ class SharedPoller:
                 self._finish(watcher, polls_failed(result, watcher.errors))
         if entry.watchers:
             log.warning("Polling prediction %s failed (%d in a row): %s", entry.pid, entry.errors, result)
-            self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), next(entry.delays)))
+            self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), entry.next_delay()))
 
 
 _heap_frozen = False
