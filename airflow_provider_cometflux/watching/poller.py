@@ -38,6 +38,10 @@ Nothing blocks the loop and nothing busy-waits.
 The first poller of a process also freezes the objects then alive (``gc.freeze()``, as Airflow's DAG processor and
 executors do; :data:`FREEZE_HEAP_AT_START`): a full garbage collection then walks what the triggers made since,
 not Airflow's ~170,000 start-up objects again, which alone took longer than 100 ms, stalling the loop as long.
+What the triggers make since is kept small, as each full collection walks it: a waiting prediction costs the
+collector a watcher, an entry and a future (the heap items are tuples of atoms, which it stops tracking; the poll
+schedule is a float; a finished watcher drops its future), and the trigger awaits that future from one coroutine
+frame of the package (:func:`start_watching`, used by ``watch_event``), not four.
 """
 
 from __future__ import annotations
