@@ -14,9 +14,9 @@ the status requests for all of them:
 * **a responsive loop**: answers that arrive together are handled in one turn of the event loop, so the window
   also closes (by a quarter) when a turn full of this poller's answers took more than :data:`TURN_TARGET` of the
   loop thread's CPU, and opens again only while turns are short (CPU, not wall-clock time: on a busy machine,
-  waiting for a CPU is no reason to poll less). It also stays shut, and halves, while the loop's thread had work
-  nearly all of the last :data:`BUSY_PERIOD` (running, or waiting for a CPU): answers then wait for the loop, not
-  for the service, and more requests in flight would make no more polls, only more young objects for the garbage
+  waiting for a CPU is no reason to poll less). It also stays shut, and halves, while the loop's thread ran
+  nearly all of the last :data:`BUSY_PERIOD` (its CPU time again): answers then wait for the loop, not for the
+  service, and more requests in flight would make no more polls, only more young objects for the garbage
   collector to promote, which brings full collections sooner. Against a slow service answers come spread out
   and the window opens up to the pool; when the loop's CPU is the limit, more requests in flight would only make
   longer turns (and more young objects for the garbage collector to promote), never more polls;
@@ -92,9 +92,9 @@ FIRST_POLL_SPREAD = 0.25
 DISPATCH_BATCH = 32
 #: CPU seconds one turn of the event loop full of this poller's answers may take before the window closes a little.
 TURN_TARGET = 0.01
-#: Seconds over which the loop's thread is seen busy or not (see :func:`_loop_thread_busy`).
+#: Seconds over which the loop thread's CPU is measured (see :attr:`SharedPoller.saturated`).
 BUSY_PERIOD = 0.25
-#: The share of a period the loop's thread had work (ran, or waited for a CPU) above which the window stays shut.
+#: The share of a period the loop's thread spent on a CPU above which the window stays shut.
 BUSY_LIMIT = 0.9
 #: Whether the first poller of a process freezes the objects alive then (see the module's docstring).
 FREEZE_HEAP_AT_START = True
@@ -178,10 +178,10 @@ class SharedPoller:
         self.turn = 0.0
         self._turn_started: float | None = None
         self._turn_answers = 0
-        #: whether the loop's thread had work nearly all of the last period (:data:`BUSY_LIMIT`): then answers wait
-        #: for the loop, not for the service, and more requests in flight would add only young objects, not polls
+        #: whether the loop's thread ran nearly all of the last period (:data:`BUSY_LIMIT`): then answers wait for
+        #: the loop, not for the service, and more requests in flight would add only young objects, not polls
         self.saturated = False
-        self._period_started = (time.perf_counter(), _loop_thread_busy())
+        self._period_started = (time.perf_counter(), time.thread_time())
         self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=POLL_ERRORS)
         self.budget = RequestBudget()
         self.entries: dict[str, _Entry] = {}
@@ -481,7 +481,7 @@ class SharedPoller:
         self.turn = time.thread_time() - started
         if self.turn > TURN_TARGET and answers >= 4:  # a long turn of our own answers, not someone else's
             self.window = max(INITIAL_WINDOW, min(self.window, self._in_flight + answers) * 3 // 4)
-        wall, busy = time.perf_counter(), _loop_thread_busy()
+        wall, busy = time.perf_counter(), time.thread_time()
         since, busy_since = self._period_started
         if wall - since >= BUSY_PERIOD:
             self.saturated = (busy - busy_since) / (wall - since) >= BUSY_LIMIT
@@ -574,21 +574,6 @@ class SharedPoller:
         if entry.watchers:
             log.warning("Polling prediction %s failed (%d in a row): %s", entry.pid, entry.errors, result)
             self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), entry.next_delay()))
-
-
-def _loop_thread_busy() -> float:
-    """
-    Seconds the calling thread has had work: run on a CPU, or waited for one (Linux's schedstat), else its CPU time.
-
-    Time spent waiting for a CPU counts: on a busy machine the loop still has work then, and more requests in flight
-    would not be answered any sooner.
-    """
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as stat:
-            ran, waited = stat.read().split()[:2]
-        return (int(ran) + int(waited)) / 1e9
-    except (OSError, ValueError):
-        return time.thread_time()
 
 
 _heap_frozen = False

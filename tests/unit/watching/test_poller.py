@@ -345,12 +345,12 @@ async def test_a_loop_busy_all_along_halves_the_window_and_keeps_it_shut_an_idle
     assert poller is not None
     loop = asyncio.get_running_loop()
     busy = [0.0]
-    monkeypatch.setattr(poller_module, "_loop_thread_busy", lambda: busy[0])
+    monkeypatch.setattr(poller_module.time, "thread_time", lambda: busy[0])
 
     def period(busy_share: float) -> None:  # a whole period passes, the loop's thread busy for that share of it
         poller._period_started = (time.perf_counter() - 1.0, busy[0])
         busy[0] += busy_share
-        poller._turn_started, poller._turn_answers = time.thread_time(), 4
+        poller._turn_started, poller._turn_answers = busy[0], 4
         poller._turn_over()
         poller.turn = 0.0
 
@@ -360,7 +360,7 @@ async def test_a_loop_busy_all_along_halves_the_window_and_keeps_it_shut_an_idle
         )
 
     poller.window = 100
-    period(1.0)  # work all along (or waiting for a CPU): answers wait for the loop, not for the service
+    period(1.0)  # on a CPU all along: answers wait for the loop, not for the service
     assert poller.saturated and poller.window == 50
     answer()
     assert poller.window == 50
