@@ -162,7 +162,11 @@ class RetryPolicy:
 POLL_ERRORS = RetryPolicy(max_retries=0)
 
 
-def poll_delays(poll_interval: float, *, first: float = 0.5) -> Iterator[float]:
+#: The first delay between polls of a prediction, in seconds (never more than its ``poll_interval``).
+FIRST_POLL_DELAY = 0.5
+
+
+def poll_delays(poll_interval: float, *, first: float = FIRST_POLL_DELAY) -> Iterator[float]:
     """
     Delays between polls: quick at first (a fast model is seen done soon), then every ``poll_interval``.
 
@@ -174,8 +178,20 @@ def poll_delays(poll_interval: float, *, first: float = 0.5) -> Iterator[float]:
     """
     delay = min(first, poll_interval)
     while True:
-        yield delay * random.uniform(0.9, 1.0)
-        delay = min(poll_interval, delay * 2)
+        jittered, delay = next_poll_delay(delay, poll_interval)
+        yield jittered
+
+
+def next_poll_delay(delay: float, poll_interval: float) -> tuple[float, float]:
+    """
+    One step of :func:`poll_delays`, for a caller that keeps the step itself (a float, not a generator: the shared
+    poller holds one per watched prediction).
+
+    :param delay: this step's delay before jitter (the first is ``min(0.5, poll_interval)``).
+    :param poll_interval: the steady delay, in seconds.
+    :return: the delay to wait now (cut by up to 10% at random), and the next step's.
+    """
+    return delay * random.uniform(0.9, 1.0), min(poll_interval, delay * 2)
 
 
 class Pause:

@@ -373,6 +373,8 @@ async def _read_async_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     declared = resp.content_length
     if declared is not None and declared > limit:
         raise BodyTooLargeError()
+    if declared is not None:  # aiohttp reads no more than the declared length: one read, as every poll's answer is
+        return await resp.read()
     chunks: list[bytes] = []
     size = 0
     while chunk := await resp.content.read(CHUNK_SIZE):
@@ -423,7 +425,7 @@ async def async_request(
                 method,
                 url,
                 data=data,
-                headers={**(headers or {}), **secret_headers()},
+                headers={**headers, **secret_headers()} if headers else secret_headers(),
                 timeout=timeout,
                 allow_redirects=False,
             ) as resp:

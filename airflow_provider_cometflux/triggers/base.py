@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger
@@ -68,13 +68,30 @@ class PredictionsTrigger(BaseTrigger):
             },
         )
 
-    async def watch(self, prediction_ids: Sequence[str | None]) -> list[dict[str, Any] | None]:
+    def watch(self, prediction_ids: Sequence[str | None]) -> Coroutine[Any, Any, list[dict[str, Any] | None]]:
         """Every prediction's event, through the event loop's shared poller (``None`` where the id is ``None``)."""
         from airflow_provider_cometflux.watching.watch import watch_events
 
-        return await watch_events(
+        return watch_events(
             self.cometapi_conn_id,
             prediction_ids,
+            poll_interval=self.poll_interval,
+            end_time=self.end_time,
+            max_consecutive_errors=self.max_consecutive_errors,
+        )
+
+    def watch_one(self, prediction_id: str) -> Coroutine[Any, Any, dict[str, Any]]:
+        """
+        One prediction's event, through the event loop's shared poller.
+
+        Like :meth:`watch`, it returns the watching coroutine itself rather than awaiting it in a frame of its own:
+        a triggerer holds thousands of these waits at once, and every full garbage collection walks each frame.
+        """
+        from airflow_provider_cometflux.watching.watch import watch_event
+
+        return watch_event(
+            self.cometapi_conn_id,
+            prediction_id,
             poll_interval=self.poll_interval,
             end_time=self.end_time,
             max_consecutive_errors=self.max_consecutive_errors,

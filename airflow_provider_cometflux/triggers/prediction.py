@@ -45,5 +45,4 @@ class CometFluxPredictionTrigger(PredictionsTrigger):
         return [self.prediction_id]
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        (event,) = await self.watch([self.prediction_id])
-        yield TriggerEvent(event)
+        yield TriggerEvent(await self.watch_one(self.prediction_id))

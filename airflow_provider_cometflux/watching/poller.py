@@ -14,7 +14,10 @@ the status requests for all of them:
 * **a responsive loop**: answers that arrive together are handled in one turn of the event loop, so the window
   also closes (by a quarter) when a turn full of this poller's answers took more than :data:`TURN_TARGET` of the
   loop thread's CPU, and opens again only while turns are short (CPU, not wall-clock time: on a busy machine,
-  waiting for a CPU is no reason to poll less). Against a slow service answers come spread out
+  waiting for a CPU is no reason to poll less). It also stays shut, and halves, while the loop's thread ran
+  nearly all of the last :data:`BUSY_PERIOD` (its CPU time again): answers then wait for the loop, not for the
+  service, and more requests in flight would make no more polls, only more young objects for the garbage
+  collector to promote, which brings full collections sooner. Against a slow service answers come spread out
   and the window opens up to the pool; when the loop's CPU is the limit, more requests in flight would only make
   longer turns (and more young objects for the garbage collector to promote), never more polls;
 * **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
@@ -38,6 +41,10 @@ Nothing blocks the loop and nothing busy-waits.
 The first poller of a process also freezes the objects then alive (``gc.freeze()``, as Airflow's DAG processor and
 executors do; :data:`FREEZE_HEAP_AT_START`): a full garbage collection then walks what the triggers made since,
 not Airflow's ~170,000 start-up objects again, which alone took longer than 100 ms, stalling the loop as long.
+What the triggers make since is kept small, as each full collection walks it: a waiting prediction costs the
+collector a watcher, an entry and a future (the heap items are tuples of atoms, which it stops tracking; the poll
+schedule is a float; a finished watcher drops its future), and the trigger awaits that future from one coroutine
+frame of the package (:func:`start_watching`, used by ``watch_event``), not four.
 """
 
 from __future__ import annotations
@@ -52,7 +59,6 @@ import random
 import sys
 import time
 import weakref
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from airflow_provider_cometflux.exceptions import (
@@ -62,10 +68,11 @@ from airflow_provider_cometflux.exceptions import (
 )
 from airflow_provider_cometflux.models import Prediction, check_prediction_id, note_status
 from airflow_provider_cometflux.pacing import (
+    FIRST_POLL_DELAY,
     MAX_CONSECUTIVE_POLL_ERRORS,
     POLL_ERRORS,
     RequestBudget,
-    poll_delays,
+    next_poll_delay,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +92,10 @@ FIRST_POLL_SPREAD = 0.25
 DISPATCH_BATCH = 32
 #: CPU seconds one turn of the event loop full of this poller's answers may take before the window closes a little.
 TURN_TARGET = 0.01
+#: Seconds over which the loop thread's CPU is measured (see :attr:`SharedPoller.saturated`).
+BUSY_PERIOD = 0.25
+#: The share of a period the loop's thread spent on a CPU above which the window stays shut.
+BUSY_LIMIT = 0.9
 #: Whether the first poller of a process freezes the objects alive then (see the module's docstring).
 FREEZE_HEAP_AT_START = True
 
@@ -97,7 +108,9 @@ class _Watcher:
     def __init__(
         self, future: asyncio.Future[Prediction], interval: float, end_time: float | None, max_errors: int
     ) -> None:
-        self.future = future
+        #: the awaiting coroutine's future; dropped once the watcher is unregistered, so that a finished watcher
+        #: left in the deadline heap (until it is compacted) keeps neither the future nor the prediction alive
+        self.future: asyncio.Future[Prediction] | None = future
         self.interval = interval
         self.end_time = end_time
         self.max_errors = max_errors
@@ -111,19 +124,25 @@ class _Watcher:
 class _Entry:
     """One prediction's registration: its watchers, its poll schedule, what its last poll said."""
 
-    __slots__ = ("delays", "due", "error", "errors", "in_flight", "interval", "pid", "seq", "status", "watchers")
+    __slots__ = ("due", "error", "errors", "in_flight", "interval", "pid", "seq", "status", "step", "watchers")
 
     def __init__(self, pid: str, interval: float) -> None:
         self.pid = pid
         self.watchers: list[_Watcher] = []
         self.interval = interval
-        self.delays: Iterator[float] = poll_delays(interval)
+        #: the next delay between polls before jitter (see :func:`~airflow_provider_cometflux.pacing.poll_delays`)
+        self.step = min(FIRST_POLL_DELAY, interval)
         self.due = 0.0
         self.seq = -1  # the heap item that is current; older ones are stale
         self.in_flight = False
         self.errors = 0
         self.status = "unknown"
         self.error: BaseException | None = None
+
+    def next_delay(self) -> float:
+        """The delay before this prediction's next poll: quick at first, then every ``poll_interval``."""
+        delay, self.step = next_poll_delay(self.step, self.interval)
+        return delay
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -159,13 +178,19 @@ class SharedPoller:
         self.turn = 0.0
         self._turn_started: float | None = None
         self._turn_answers = 0
+        #: whether the loop's thread ran nearly all of the last period (:data:`BUSY_LIMIT`): then answers wait for
+        #: the loop, not for the service, and more requests in flight would add only young objects, not polls
+        self.saturated = False
+        self._period_started = (time.perf_counter(), time.thread_time())
         self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=POLL_ERRORS)
         self.budget = RequestBudget()
         self.entries: dict[str, _Entry] = {}
         #: status requests started, and answered (or failed) so far
         self.requests = 0
         self.answers = 0
-        self._heap: list[tuple[float, int, _Entry]] = []
+        #: polls by when they are due: ``(due, seq, prediction id)``; holding the id, not the entry, each item is a
+        #: tuple of atoms, which the garbage collector stops tracking (one object fewer per prediction to walk)
+        self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -202,8 +227,8 @@ class SharedPoller:
                 self._poke()
         elif poll_interval < entry.interval:  # polled at the smaller interval from now on
             entry.interval = poll_interval
-            entry.delays = poll_delays(poll_interval)
-            soon = now + next(entry.delays)
+            entry.step = min(FIRST_POLL_DELAY, poll_interval)
+            soon = now + entry.next_delay()
             if not entry.in_flight and soon < entry.due:
                 self._schedule(entry, soon)
                 self._poke()
@@ -217,6 +242,7 @@ class SharedPoller:
     def unregister(self, watcher: _Watcher) -> None:
         """Forget one watcher (its coroutine was cancelled or is done); the others are left alone."""
         watcher.deadline = None  # its item in the deadline heap is stale from now on
+        watcher.future = None
         entry = watcher.entry
         if entry is None:
             return
@@ -235,7 +261,7 @@ class SharedPoller:
     def _finish(self, watcher: _Watcher, result: Prediction | BaseException) -> None:
         future = watcher.future
         self.unregister(watcher)
-        if future.done():
+        if future is None or future.done():
             return
         if isinstance(result, BaseException):
             future.set_exception(result)
@@ -301,14 +327,14 @@ class SharedPoller:
         self._seq += 1
         entry.due, entry.seq = due, self._seq
         heap = self._heap
-        heapq.heappush(heap, (due, self._seq, entry))
+        heapq.heappush(heap, (due, self._seq, entry.pid))
         if len(heap) > 2 * len(self.entries) + 64:  # stale items of dropped or rescheduled predictions
             self._heap = [item for item in heap if self._current(item)]
             heapq.heapify(self._heap)
 
-    def _current(self, item: tuple[float, int, _Entry]) -> bool:
-        entry = item[2]
-        return entry.seq == item[1] and not entry.in_flight and self.entries.get(entry.pid) is entry
+    def _current(self, item: tuple[float, int, str]) -> bool:
+        entry = self.entries.get(item[2])
+        return entry is not None and entry.seq == item[1] and not entry.in_flight
 
     def _poke(self) -> None:
         if self._wakeup is not None:
@@ -382,8 +408,10 @@ class SharedPoller:
         for entry in list(self.entries.values()):
             for watcher in list(entry.watchers):
                 if isinstance(exc, asyncio.CancelledError):
+                    future = watcher.future
                     self.unregister(watcher)
-                    watcher.future.cancel()
+                    if future is not None:
+                        future.cancel()
                 else:
                     self._finish(watcher, exc)
 
@@ -427,7 +455,7 @@ class SharedPoller:
                 started = 0
                 await self._sleep(wait, for_due=False)
                 continue
-            entry = heapq.heappop(heap)[2]
+            entry = self.entries[heapq.heappop(heap)[2]]
             entry.in_flight = True
             self._in_flight += 1
             self.requests += 1
@@ -453,6 +481,13 @@ class SharedPoller:
         self.turn = time.thread_time() - started
         if self.turn > TURN_TARGET and answers >= 4:  # a long turn of our own answers, not someone else's
             self.window = max(INITIAL_WINDOW, min(self.window, self._in_flight + answers) * 3 // 4)
+        wall, busy = time.perf_counter(), time.thread_time()
+        since, busy_since = self._period_started
+        if wall - since >= BUSY_PERIOD:
+            self.saturated = (busy - busy_since) / (wall - since) >= BUSY_LIMIT
+            self._period_started = (wall, busy)
+            if self.saturated:  # answers wait for the loop: fewer in flight make as many polls, and fewer objects
+                self.window = max(INITIAL_WINDOW, self.window // 2)
 
     # -- one poll --------------------------------------------------------------------------------------------
 
@@ -500,7 +535,7 @@ class SharedPoller:
                 self._schedule(entry, entry.due)  # first in line again once the pause is over
             return
         self._measure_turn()
-        if self.window < self.max_in_flight and self.turn <= TURN_TARGET:
+        if self.window < self.max_in_flight and self.turn <= TURN_TARGET and not self.saturated:
             self.window += 1
         if isinstance(result, Prediction):
             self.budget.answered(now, started)
@@ -515,7 +550,7 @@ class SharedPoller:
             entry.status, entry.error, entry.errors = result.status, None, 0
             for watcher in entry.watchers:
                 watcher.errors = 0
-            self._schedule(entry, now + next(entry.delays))
+            self._schedule(entry, now + entry.next_delay())
             return
         if isinstance(result, CometAPIError) and result.http_status is not None:
             self.budget.answered(now, started)  # an answer all the same: the service is not refusing
@@ -538,7 +573,7 @@ class SharedPoller:
                 self._finish(watcher, polls_failed(result, watcher.errors))
         if entry.watchers:
             log.warning("Polling prediction %s failed (%d in a row): %s", entry.pid, entry.errors, result)
-            self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), next(entry.delays)))
+            self._schedule(entry, now + max(POLL_ERRORS.backoff(entry.errors - 1), entry.next_delay()))
 
 
 _heap_frozen = False
@@ -604,6 +639,34 @@ async def watch_prediction(
         ``max_consecutive_errors`` transient ones in a row.
     :raises CometAPIConnectionConfigError: the connection is missing or unusable.
     """
+    poller, watcher, future = start_watching(
+        cometapi_conn_id,
+        prediction_id,
+        poll_interval=poll_interval,
+        end_time=end_time,
+        max_consecutive_errors=max_consecutive_errors,
+    )
+    try:
+        return await future
+    finally:
+        poller.unregister(watcher)
+
+
+def start_watching(
+    cometapi_conn_id: str,
+    prediction_id: str,
+    *,
+    poll_interval: float,
+    end_time: float | None,
+    max_consecutive_errors: int,
+) -> tuple[SharedPoller, _Watcher, asyncio.Future[Prediction]]:
+    """
+    Register a prediction with the running loop's poller, for a caller that awaits the returned future itself
+    and unregisters the watcher when done (as :func:`watch_prediction` does), without a coroutine frame in between: a
+    triggerer holds one such frame per trigger, which every full garbage collection walks.
+
+    The arguments and errors are :func:`watch_prediction`'s.
+    """
     pid = check_prediction_id(prediction_id)
     if not poll_interval > 0:
         raise ValueError(f"poll_interval must be above 0, not {poll_interval!r}")
@@ -616,7 +679,5 @@ async def watch_prediction(
     watcher = poller.register(
         pid, poll_interval=float(poll_interval), end_time=end_time, max_consecutive_errors=max_consecutive_errors
     )
-    try:
-        return await watcher.future
-    finally:
-        poller.unregister(watcher)
+    assert watcher.future is not None
+    return poller, watcher, watcher.future

@@ -36,16 +36,20 @@ async def watch_event(
     :param end_time: epoch seconds after which a ``timeout`` event is returned; ``None`` for no deadline.
     :param max_consecutive_errors: transient poll failures in a row that end the wait with an ``error`` event.
     """
-    from airflow_provider_cometflux.watching.poller import watch_prediction
+    from airflow_provider_cometflux.watching.poller import start_watching
 
-    try:
-        prediction = await watch_prediction(
+    try:  # watch_prediction's work, in this frame (one coroutine per watched prediction, not two)
+        poller, watcher, future = start_watching(
             cometapi_conn_id,
             prediction_id,
             poll_interval=poll_interval,
             end_time=end_time,
             max_consecutive_errors=max_consecutive_errors,
         )
+        try:
+            prediction = await future
+        finally:
+            poller.unregister(watcher)
     except PredictionTimeoutError as exc:
         return timeout_event(prediction_id, f"Prediction {prediction_id}: {exc.message}")
     except (CometAPIError, CometAPIConnectionConfigError) as exc:
@@ -86,19 +90,18 @@ async def watch_events(
             max_consecutive_errors=max_consecutive_errors,
         )
         return results
-    tasks: dict[int, asyncio.Task[dict[str, Any]]] = {
-        index: asyncio.ensure_future(
+    # a loop, not a comprehension: a comprehension would make this frame hold its arguments in cells
+    tasks: dict[int, asyncio.Task[dict[str, Any]]] = {}
+    for index in watched:
+        tasks[index] = asyncio.ensure_future(
             watch_event(
                 cometapi_conn_id,
-                pid,
+                str(prediction_ids[index]),
                 poll_interval=poll_interval,
                 end_time=end_time,
                 max_consecutive_errors=max_consecutive_errors,
             )
         )
-        for index, pid in enumerate(prediction_ids)
-        if pid is not None
-    }
     try:
         if tasks:
             await asyncio.wait(set(tasks.values()), timeout=stop_after)

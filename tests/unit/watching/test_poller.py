@@ -335,6 +335,44 @@ async def test_a_long_turn_full_of_answers_closes_the_window_a_short_one_lets_it
     await stopped()
 
 
+async def test_a_loop_busy_all_along_halves_the_window_and_keeps_it_shut_an_idle_one_lets_it_open(
+    sim, conn, monkeypatch
+):
+    pid = create(sim, "a cat [sim:stuck]")
+    task = watch(pid)
+    await until(lambda: sim.stats["gets"] >= 1)
+    poller = current_poller(CONN_ID)
+    assert poller is not None
+    loop = asyncio.get_running_loop()
+    busy = [0.0]
+    monkeypatch.setattr(poller_module.time, "thread_time", lambda: busy[0])
+
+    def period(busy_share: float) -> None:  # a whole period passes, the loop's thread busy for that share of it
+        poller._period_started = (time.perf_counter() - 1.0, busy[0])
+        busy[0] += busy_share
+        poller._turn_started, poller._turn_answers = busy[0], 4
+        poller._turn_over()
+        poller.turn = 0.0
+
+    def answer() -> None:
+        poller._answered(
+            poller.entries[pid], loop.time(), poller.budget.epoch, Prediction({"id": pid, "status": "processing"})
+        )
+
+    poller.window = 100
+    period(1.0)  # on a CPU all along: answers wait for the loop, not for the service
+    assert poller.saturated and poller.window == 50
+    answer()
+    assert poller.window == 50
+    period(0.2)  # mostly idle: answers wait for the service, and each opens the window by one
+    assert not poller.saturated and poller.window == 50
+    answer()
+    assert poller.window == 51
+    sim.finish([pid])
+    assert (await asyncio.wait_for(task, 10)).status == "succeeded"
+    await stopped()
+
+
 @pytest.mark.parametrize("enabled", [True, False])
 async def test_the_first_poller_of_a_process_freezes_the_heap_once(sim, conn, monkeypatch, enabled):
     freezes: list[int] = []
