@@ -13,7 +13,7 @@ from airflow_provider_cometflux.testing.simulator import (
     _parse_prefer_wait,
 )
 from tests.unit.testing.conftest import DEV, PRO, SCHNELL
-from tests.unit.testing.simulator.conftest import KONTEXT, RUN, cancel, create_id, get, wait_done
+from tests.unit.testing.simulator.conftest import KONTEXT, cancel, create_id, get, wait_done
 
 
 def test_output_shapes_and_formats_per_model(sim: CometAPISimulator) -> None:
@@ -56,12 +56,11 @@ def test_directives(sim: CometAPISimulator) -> None:
             "canceled": "[sim:canceled]",
             "aborted": "[SIM:aborted]",
             "stuck": "[sim:stuck]",
-            "slow": "[sim:slow=0.6]",
+            "slow": "[sim:slow=3]",
             "unknown": "[sim:whatever=1] [sim:slow=abc]",
         }.items()
     }
-    early = get(sim, ids["aborted"]).json()
-    time.sleep(RUN + 0.05)
+    time.sleep(0.35)  # every other one done (0.05 s), the slow one past its start (10% of 3 s) with time to spare
     state = {name: get(sim, pid).json() for name, pid in ids.items()}
     assert state["failed"]["status"] == "failed"
     assert state["failed"]["error"] == DEFAULT_FAILURE_MESSAGE and state["failed"]["output"] is None
@@ -69,14 +68,21 @@ def test_directives(sim: CometAPISimulator) -> None:
     assert state["custom"]["error"] == "Prediction interrupted; please retry (code: PA)"
     assert state["canceled"]["status"] == "canceled" and state["canceled"]["error"] is None
     assert state["aborted"]["status"] == "aborted" and "started_at" not in state["aborted"]
-    assert early["status"] == "starting"
     assert state["stuck"]["status"] == "processing"
     assert state["slow"]["status"] == "processing"
     assert state["unknown"]["status"] == "succeeded"
+
     for name in ("failed", "canceled"):  # terminal: total_time, and predict_time as they had started
         assert "completed_at" in state[name] and set(state[name]["metrics"]) == {"total_time", "predict_time"}
     assert "completed_at" in state["aborted"] and set(state["aborted"]["metrics"]) == {"total_time"}
     assert cancel(sim, ids["stuck"]).json()["status"] == "canceled"
+
+
+def test_an_aborted_prediction_starts_as_any_other() -> None:
+    """Until its time is up an aborted prediction looks like any other (a simulator whose time never comes here)."""
+    with CometAPISimulator(run_seconds=60) as slow:
+        pid = create_id(slow, "a cat [sim:aborted]")
+        assert get(slow, pid).json()["status"] == "starting"
 
 
 def test_header_parsers() -> None:
