@@ -148,11 +148,12 @@ test-lowest: test-3.0
 # The parts of `make test`: first what everything needs, then two lanes side by side. The parts that start
 # Airflow's services (the system suite, the serial parts, the browser test) mostly wait for them (heartbeats, a
 # triggerer's takeover): about half of one core. They run one after another beside the matrix's parallel parts,
-# and the unit tests on the other Pythons after them, so that both lanes end about together (the table of times
-# says how busy the cores were in each part: CPU seconds against its wall time).
+# and the unit tests on the other Pythons and lint after them, so that both lanes end about together (the table
+# of times says how busy the cores were in each part: CPU seconds against its wall time).
 SETUP_PARTS := deps check-locks
-MATRIX_PARTS := lint $(foreach m,$(MATRIX),test-$(m)-parallel)
-BESIDE_PARTS := test-system $(foreach m,$(MATRIX),test-$(m)-serial) test-browser $(foreach p,$(PYTHONS),test-py$(p))
+MATRIX_PARTS := $(foreach m,$(MATRIX),test-$(m)-parallel)
+BESIDE_PARTS := test-system $(foreach m,$(MATRIX),test-$(m)-serial) test-browser \
+	$(foreach p,$(PYTHONS),test-py$(p)) lint
 PARTS := $(SETUP_PARTS) $(MATRIX_PARTS) $(BESIDE_PARTS)
 # Where the parts run beside the others write their output (printed whole when the run ends).
 LOGS := .ci-logs
