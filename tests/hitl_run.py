@@ -48,6 +48,8 @@ def dags_test_answers_hitl() -> bool:
 
 #: Who answers (role ``user``: may answer HITL tasks) and who may only look (role ``viewer``).
 REVIEWER, VIEWER = "rita", "vera"
+#: the states of a task waiting for its reviewer
+PARKED = ("awaiting_input", "deferred")
 
 
 def free_port() -> int:
@@ -111,8 +113,21 @@ class ReviewRun:
         run_id = quote(self.run_id() or "", safe="")
         return f"/api/v2/dags/{self.dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/hitlDetails"
 
+    def task_state(self, task_id: str) -> str | None:
+        with contextlib.closing(sqlite3.connect(self.db, timeout=30)) as db:
+            row = db.execute(
+                "SELECT state FROM task_instance WHERE dag_id = ? AND run_id = ? AND task_id = ?",
+                (self.dag_id, self.run_id(), task_id),
+            ).fetchone()
+        return None if row is None else row[0]
+
     def wait_for_request(self, task_id: str, *, timeout: float = 240) -> dict[str, Any]:
-        """The task's HITL request once it waits for an answer (no response recorded yet)."""
+        """
+        The task's HITL request once it waits for an answer: no response recorded yet, and the task parked
+        (``awaiting_input`` or ``deferred``). Airflow writes the request before the task leaves its worker, and a
+        response recorded in between is kept but does not resume the task (the API server resumes parked tasks
+        only: apache-airflow 3.3's ``PATCH .../hitlDetails``), so the test answers only once both are true.
+        """
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -120,7 +135,8 @@ class ReviewRun:
             if self.run_id() is not None:
                 resp = requests.get(self.url(self.detail_path(task_id)), headers=self.headers(REVIEWER), timeout=30)
                 last = resp.text
-                if resp.status_code == 200 and not resp.json().get("response_received"):
+                waiting = resp.status_code == 200 and not resp.json().get("response_received")
+                if waiting and self.task_state(task_id) in PARKED:
                     return dict(resp.json())
             time.sleep(1)
         raise AssertionError(f"no request of {task_id} waited for an answer: {last}\n{self.output()[-4000:]}")
