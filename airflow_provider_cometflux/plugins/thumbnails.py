@@ -88,15 +88,24 @@ def thumbnail(path: ObjectStoragePath, *, uri: str, sha256: str, size: int) -> b
 
 
 def _bound(folder: Path) -> None:
-    """Remove the oldest thumbnails beyond :data:`MAX_ENTRIES`, and parts a crash left behind."""
+    """
+    Remove the oldest thumbnails beyond :data:`MAX_ENTRIES`, and parts a crash left behind. Other requests (and
+    other processes sharing the folder) write and rename files meanwhile: a file gone before it is read is skipped,
+    and a part being written is left alone.
+    """
     with _lock:
         entries = []
         for entry in os.scandir(folder):
-            if entry.name.startswith(".part-") and entry.stat().st_mtime < time.time() - 3600:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-            elif entry.name.endswith(".webp") and entry.is_file():
-                entries.append((entry.stat().st_mtime, entry.path))
+            try:
+                mtime = entry.stat().st_mtime
+            except FileNotFoundError:  # renamed or removed since the folder was listed
+                continue
+            if entry.name.startswith(".part-"):
+                if mtime < time.time() - 3600:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+            elif entry.name.endswith(".webp"):
+                entries.append((mtime, entry.path))
         if len(entries) <= MAX_ENTRIES:
             return
         entries.sort()

@@ -9,6 +9,7 @@ revoked tokens) are answered here, and the records are served through the app's 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -523,3 +524,28 @@ def test_a_card_shows_its_cost_and_the_run_gallery_the_runs_total(
     assert "<dt>cost</dt><dd>$0.0060" in page and "$0.0000" in page and "(reused from pold)" in page
     one = client.get(f"/ti/{DAG}/{RUN}/older", headers=viewer).text
     assert "<dt>cost</dt>" not in one and "in total" not in one
+
+
+def test_trimming_the_thumbnail_cache_spares_parts_being_written_and_skips_vanished_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Two requests at once: one trims the folder while the other writes its part and renames it."""
+    from airflow_provider_cometflux.plugins import thumbnails
+
+    monkeypatch.setattr(thumbnails, "MAX_ENTRIES", 2)
+    for i in range(4):
+        (tmp_path / f"t{i}.webp").write_bytes(b"RIFF")
+        os.utime(tmp_path / f"t{i}.webp", (1000 + i, 1000 + i))
+    writing = tmp_path / ".part-abc.webp"
+    writing.write_bytes(b"RIFF")
+    listed = os.scandir
+
+    def renamed_meanwhile(folder: Any) -> Any:
+        entries = list(listed(folder))
+        (tmp_path / "t3.webp").rename(tmp_path / "t3-moved.webp")  # after the listing, before its stat
+        return iter(entries)
+
+    monkeypatch.setattr(thumbnails.os, "scandir", renamed_meanwhile)
+    thumbnails._bound(tmp_path)
+    assert writing.exists()  # a part being written is no thumbnail, and too young to be a crash's leftover
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".part-abc.webp", "t1.webp", "t2.webp", "t3-moved.webp"]
