@@ -80,3 +80,12 @@ def prediction_json(pid: str = "p1abc", status: str = "starting", output: object
     }
     body.update(extra)
     return body
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the warm Airflow servers this process started (tests/airflow_cli.py), by PID, before it ends."""
+    import sys
+
+    airflow_cli = sys.modules.get("tests.airflow_cli")
+    if airflow_cli is not None:
+        airflow_cli.stop_servers()
