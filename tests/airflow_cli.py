@@ -116,11 +116,16 @@ class _Server:
                 err.read_text("utf-8", "replace"),
             )
 
-    def stop(self) -> None:
-        try:
+    def stop(self, timeout: float = 10) -> None:
+        """Close its stdin (it ends itself then) and wait; past ``timeout``, kill it. Either way it is reaped."""
+        with contextlib.suppress(OSError):
             self.stdin.close()
-            self.proc.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
+        self.reap(timeout)
+
+    def reap(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout=max(timeout, 0))
+        except subprocess.TimeoutExpired:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         self.stdout.close()
@@ -133,9 +138,15 @@ _servers: OrderedDict[tuple[tuple[str, str], ...], _Server] = OrderedDict()
 
 @atexit.register
 def stop_servers() -> None:
-    """Stop every server this process started."""
-    while _servers:
-        _servers.popitem()[1].stop()
+    """Stop every server this process started: all told to end at once, then each waited for (10 s in all)."""
+    servers = list(_servers.values())
+    _servers.clear()
+    for server in servers:
+        with contextlib.suppress(OSError):
+            server.stdin.close()
+    deadline = time.monotonic() + 10
+    for server in servers:
+        server.reap(deadline - time.monotonic())
 
 
 def run(

@@ -125,6 +125,10 @@ def serve() -> None:
         with contextlib.suppress(ProcessLookupError):  # whatever the run started and left behind (its group)
             os.killpg(pid, signal.SIGKILL)
         answers.write(json.dumps({"pid": pid, "returncode": os.waitstatus_to_exitcode(status)}) + "\n")
+    # stdin closed: its runs are over and reaped. Leave at once: what the warm-up built (on 3.3, the in-process API)
+    # kept the interpreter's shutdown waiting for many seconds, past the test process that started it.
+    answers.close()
+    os._exit(0)
 
 
 if __name__ == "__main__":
