@@ -545,7 +545,8 @@ def test_trimming_the_thumbnail_cache_spares_parts_being_written_and_skips_vanis
         (tmp_path / "t3.webp").rename(tmp_path / "t3-moved.webp")  # after the listing, before its stat
         return iter(entries)
 
-    monkeypatch.setattr(thumbnails.os, "scandir", renamed_meanwhile)
-    thumbnails._bound(tmp_path)
+    with monkeypatch.context() as patched:  # os.scandir itself (Path.iterdir uses it on Python 3.13): only here
+        patched.setattr(thumbnails.os, "scandir", renamed_meanwhile)
+        thumbnails._bound(tmp_path)
     assert writing.exists()  # a part being written is no thumbnail, and too young to be a crash's leftover
     assert sorted(p.name for p in tmp_path.iterdir()) == [".part-abc.webp", "t1.webp", "t2.webp", "t3-moved.webp"]

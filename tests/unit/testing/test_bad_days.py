@@ -233,8 +233,8 @@ def test_requests_per_second_is_checked() -> None:
             CometAPISimulator(requests_per_second=bad)
 
 
-def test_requests_per_second_holds_under_concurrency_and_is_cheap() -> None:
-    """Hundreds of concurrent polls: never more than the limit answered in one window, and fast to refuse."""
+def test_requests_per_second_holds_under_concurrency() -> None:
+    """Hundreds of concurrent polls: never more than the limit answered in one window (how fast is benchmark (f)'s)."""
     import aiohttp
 
     limit = 50
@@ -254,18 +254,21 @@ def test_requests_per_second_holds_under_concurrency_and_is_cheap() -> None:
     with CometAPISimulator(run_seconds=0.05, requests_per_second=limit) as sim:
         pid = post_create(sim, prompt="a cat").json()["id"]
         time.sleep(1 - time.monotonic() % 1 + 0.01)
-        started = time.perf_counter()
+        first = int(time.monotonic())
         results = asyncio.run(hammer(sim, pid, 2000))
-        elapsed = time.perf_counter() - started
     per_window: dict[int, int] = {}
     for window, status in results:
         if status == 200:
             per_window[window] = per_window.get(window, 0) + 1
     refused = sum(1 for _, status in results if status == 429)
-    assert all(count <= limit + 1 for count in per_window.values()), per_window  # +1: the create's window
-    assert refused >= 2000 - limit * (len(per_window) + 1)
+    # An answer is read in the second it was accepted or later (later on a loaded machine), so by the end of each
+    # second at most the limit for every second so far was read (+1: the create's second).
+    read = 0
+    for window in range(first, max(per_window) + 1):
+        read += per_window.get(window, 0)
+        assert read <= limit * (window - first + 1) + 1, (window, per_window)
+    assert refused >= 2000 - limit * (max(per_window) - first + 2)
     assert sim.stats["rate_limited"] == refused
-    assert 2000 / elapsed > 200, f"{2000 / elapsed:.0f} requests/s"  # well above the benchmarks' 200/s
 
 
 def test_requests_per_second_from_the_command_line(tmp_path: Any) -> None:

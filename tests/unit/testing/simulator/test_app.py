@@ -100,7 +100,8 @@ def test_create_rejects_bad_bodies(sim: CometAPISimulator, body: bytes, content_
 def test_file_route_answers_404_when_there_is_no_such_file(sim: CometAPISimulator) -> None:
     pid = create_id(sim, "a cat", SCHNELL, num_outputs=2)
     string_pid = create_id(sim, "a cat", PRO, num_outputs=3)
-    assert requests.get(f"{sim.base_url}/files/{pid}/0.webp", timeout=10).status_code == 404  # not yet done
+    running = create_id(sim, "a cat [sim:slow=60]", SCHNELL)
+    assert requests.get(f"{sim.base_url}/files/{running}/0.webp", timeout=10).status_code == 404  # not yet done
     wait_done(sim, pid)
     wait_done(sim, string_pid)
     for path in [f"{pid}/2.webp", f"{pid}/0.png", "unknown/0.webp", f"{string_pid}/1.webp"]:
