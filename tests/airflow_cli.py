@@ -116,13 +116,14 @@ class _Server:
                 err.read_text("utf-8", "replace"),
             )
 
-    def stop(self, timeout: float = 10) -> None:
-        """Close its stdin (it ends itself then) and wait; past ``timeout``, kill it. Either way it is reaped."""
+    def stop(self) -> None:
+        """Close its stdin (it ends itself then) and reap it."""
         with contextlib.suppress(OSError):
             self.stdin.close()
-        self.reap(timeout)
+        self.reap(10)
 
     def reap(self, timeout: float) -> None:
+        """Wait for it to end; past ``timeout``, kill it. Either way it is reaped."""
         try:
             self.proc.wait(timeout=max(timeout, 0))
         except subprocess.TimeoutExpired:
