@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -113,6 +114,24 @@ def normalize_output(output: object) -> list[str]:
     return urls
 
 
+def parse_time(value: Any) -> datetime | None:
+    """
+    A service timestamp as an aware datetime: ISO 8601 with ``Z`` or an offset (a naive one is read as UTC).
+
+    :param value: the timestamp (a string, or a datetime already).
+    :return: the time, or ``None`` when ``value`` is empty or not a timestamp.
+    """
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """
@@ -147,6 +166,15 @@ class Prediction:
         if isinstance(err, Mapping):
             return safe_text(err.get("message") or err.get("detail") or json.dumps(dict(err)))
         return safe_text(err)
+
+    def epoch(self, key: str) -> float | None:
+        """
+        One of the prediction's timestamps in Unix seconds, or ``None`` when it is missing or unreadable.
+
+        :param key: ``created_at``, ``started_at`` or ``completed_at``.
+        """
+        when = parse_time(self.raw.get(key))
+        return None if when is None else when.timestamp()
 
     @property
     def output_urls(self) -> list[str]:

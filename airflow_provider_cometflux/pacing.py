@@ -14,6 +14,8 @@ shared poller (:mod:`~airflow_provider_cometflux.watching.poller`) do the I/O an
 * **Errors back off**: capped, fully jittered exponential backoff (:meth:`RetryPolicy.backoff`), for a hook's
   retries and for a prediction whose polls fail (:data:`POLL_ERRORS`) alike.
 * **Polls come quick first, then every ``poll_interval``** (:func:`poll_delays`).
+* **Behind schedule, polls go where they can find an end**: a poller that cannot keep up with its predictions'
+  ``poll_interval`` puts off the polls of predictions that cannot have ended yet (:class:`RunTimes`).
 """
 
 from __future__ import annotations
@@ -484,3 +486,71 @@ class RequestBudget:
             self.rate,
         )
         return pause
+
+
+#: Run times kept per model, the most recent (see :class:`RunTimes`).
+RUN_TIMES_KEPT = 32
+#: Seconds the service's clock may run ahead of ours before :class:`RunTimes` stops putting polls off.
+CLOCK_TOLERANCE = 1.0
+
+
+class RunTimes:
+    """
+    How long one poller's predictions ran, per model: the shortest of the last :data:`RUN_TIMES_KEPT` that ended
+    (from their ``created_at`` to their ``completed_at``, the service's own clock).
+
+    A poller that is behind schedule (its due polls come faster than it can make them, so each prediction is
+    polled less often than its ``poll_interval`` anyway) puts off the poll of a prediction that cannot have ended
+    yet, to :meth:`earliest_end`: its polls then go to the predictions that may have ended, and the last of many
+    predictions ending together is seen done sooner. On time, nothing is put off. It errs on the side of polling:
+
+    * the bar is the *shortest* recent run of the model, a fast failure included;
+    * a model with no ended run yet, or a prediction whose ``created_at`` is unknown, is never put off;
+    * a timestamp later than our clock by more than :data:`CLOCK_TOLERANCE` means the service's clock runs ahead
+      of ours, which would put polls off too long: from then on nothing is put off. A service clock running behind
+      only makes polls come earlier than needed.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[str, deque[float]] = {}
+        self._shortest: dict[str, float] = {}
+        #: whether the service's timestamps have all been readable against our clock so far
+        self.clocks_agree = True
+
+    def noted(self, model: str, created: float | None, completed: float | None, now: float) -> None:
+        """
+        Note a prediction's timestamps, from an answer received at ``now``: an ended one's run time is kept.
+
+        :param model: the prediction's model.
+        :param created: its ``created_at``, in Unix seconds, if known.
+        :param completed: its ``completed_at``, in Unix seconds, once it ended.
+        :param now: our clock when the answer came, in Unix seconds.
+        """
+        if not self.clocks_agree:
+            return
+        if max(created or -math.inf, completed or -math.inf) > now + CLOCK_TOLERANCE:
+            self.clocks_agree = False
+            self._runs.clear()
+            self._shortest.clear()
+            log.info("The service's clock runs ahead of this machine's: polls behind schedule are not put off.")
+            return
+        if created is None or completed is None or completed < created:
+            return
+        runs = self._runs.get(model)
+        if runs is None:
+            runs = self._runs[model] = deque(maxlen=RUN_TIMES_KEPT)
+        runs.append(completed - created)
+        self._shortest[model] = min(runs)
+
+    def earliest_end(self, model: str, created: float) -> float | None:
+        """
+        When a prediction of ``model`` created at ``created`` could have ended at the earliest (Unix seconds).
+
+        :param model: the prediction's model.
+        :param created: its ``created_at``, in Unix seconds.
+        :return: the time, or ``None`` when nothing is known (no ended run of the model, or clocks that disagree).
+        """
+        shortest = self._shortest.get(model)
+        if shortest is None or not self.clocks_agree:
+            return None
+        return created + shortest

@@ -14,7 +14,8 @@ event, and reports:
   other work on the machine does not inflate;
 * memory per in-flight prediction: peak RSS growth divided by N;
 * status requests (GETs) per prediction, as the simulator counted them, and how many it refused (429);
-* the time spent fetching the connection, total and worst single fetch.
+* the time spent fetching the connection, total and worst single fetch;
+* the polls the shared poller put off, behind schedule, until a prediction could have ended (``pacing.RunTimes``).
 
 Modes (``--modes``):
 
@@ -362,6 +363,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         tasks.append(loop.create_task(work))
         if index % 100 == 99:
             await asyncio.sleep(0)
+    from airflow_provider_cometflux.watching.poller import current_poller
+
+    poller = current_poller("cometapi_default")  # the shared one, in modes triggers and watch
     await asyncio.gather(*tasks)
     finished = max(done_at)
     cpu = cpu_seconds() - cpu_before
@@ -401,6 +405,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "connection_fetch_total_s": sum(fetches),
         "connection_fetch_worst_ms": 1000 * max(fetches, default=0.0),
         "statuses": statuses,
+        "put_off": poller.put_off if poller is not None else 0,
     }
 
 
@@ -520,7 +525,8 @@ def report_unlimited(results: list[dict[str, Any]]) -> None:
         print(
             f"  events: {r['statuses']}; connection fetches {r['connection_fetches']}, worst one "
             f"{r['connection_fetch_worst_ms']:.1f} ms; full GCs {r['gc_full_collections']}, worst GC pause "
-            f"{r['gc_worst_pause_ms']:.0f} ms; worst stall without a full GC {r['stall_outside_gc_ms']:.0f} ms"
+            f"{r['gc_worst_pause_ms']:.0f} ms; worst stall without a full GC {r['stall_outside_gc_ms']:.0f} ms; "
+            f"polls put off {r['put_off']}"
         )
 
 

@@ -36,6 +36,7 @@ from airflow_provider_cometflux.contract import (
     XCOM_REVIEW,
     parse_stored_image_name,
 )
+from airflow_provider_cometflux.models import parse_time
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -126,18 +127,6 @@ def _as_map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
 def delivery_alive(prediction: Mapping[str, Any], recorded_at: datetime | None, now: datetime) -> bool:
     """
     :param prediction: the recorded prediction (its ``completed_at``, ``data_removed``).
@@ -147,7 +136,7 @@ def delivery_alive(prediction: Mapping[str, Any], recorded_at: datetime | None, 
     """
     if prediction.get("data_removed"):
         return False
-    completed = _parse_time(prediction.get("completed_at")) or recorded_at
+    completed = parse_time(prediction.get("completed_at")) or recorded_at
     if completed is None:
         return False
     return now < completed + DELIVERY_LIFETIME
@@ -442,7 +431,7 @@ def load_task_images(
         if ident not in values:
             continue
         found.setdefault((t, m), {})[k] = values[ident]
-        when = _parse_time(stamp)
+        when = parse_time(stamp)
         if when is not None and k in (XCOM_PREDICTION, XCOM_PREDICTIONS, XCOM_RETURN_VALUE):
             recorded[(t, m)] = max(recorded.get((t, m), when), when)
     items = _order(

@@ -22,7 +22,9 @@ the status requests for all of them:
   longer turns (and more young objects for the garbage collector to promote), never more polls;
 * **earliest due first**: polls wait in a heap ordered by when each prediction is due, so under a tight budget
   a prediction is seen done soon after it ends, and each prediction's own delays come from
-  :func:`~airflow_provider_cometflux.pacing.poll_delays` (quick first, then every ``poll_interval``);
+  :func:`~airflow_provider_cometflux.pacing.poll_delays` (quick first, then every ``poll_interval``); behind
+  schedule (a poll late by more than its ``poll_interval``), a prediction that cannot have ended yet is put off to
+  when it could have (:class:`~airflow_provider_cometflux.pacing.RunTimes`), so the polls go where an end can be;
 * **one registration per prediction**: two watchers of the same id share its polls (at the smaller interval);
 * **the poller decides about retries**: its hook retries nothing; a transient failure is tried again at the
   prediction's next poll, after a growing pause (:data:`~airflow_provider_cometflux.pacing.POLL_ERRORS`), and
@@ -72,6 +74,7 @@ from airflow_provider_cometflux.pacing import (
     MAX_CONSECUTIVE_POLL_ERRORS,
     POLL_ERRORS,
     RequestBudget,
+    RunTimes,
     next_poll_delay,
 )
 
@@ -124,7 +127,20 @@ class _Watcher:
 class _Entry:
     """One prediction's registration: its watchers, its poll schedule, what its last poll said."""
 
-    __slots__ = ("due", "error", "errors", "in_flight", "interval", "pid", "seq", "status", "step", "watchers")
+    __slots__ = (
+        "created",
+        "due",
+        "error",
+        "errors",
+        "in_flight",
+        "interval",
+        "model",
+        "pid",
+        "seq",
+        "status",
+        "step",
+        "watchers",
+    )
 
     def __init__(self, pid: str, interval: float) -> None:
         self.pid = pid
@@ -138,6 +154,9 @@ class _Entry:
         self.errors = 0
         self.status = "unknown"
         self.error: BaseException | None = None
+        #: its ``created_at`` (Unix seconds) and model, from its first answer (see :class:`RunTimes`)
+        self.created: float | None = None
+        self.model = ""
 
     def next_delay(self) -> float:
         """The delay before this prediction's next poll: quick at first, then every ``poll_interval``."""
@@ -184,6 +203,9 @@ class SharedPoller:
         self._period_started = (time.perf_counter(), time.thread_time())
         self.hook: CometAPIHook = CometAPIHook(cometapi_conn_id, retry_policy=POLL_ERRORS)
         self.budget = RequestBudget()
+        self.run_times = RunTimes()
+        #: polls put off because the prediction could not have ended yet (see :meth:`_put_off`)
+        self.put_off = 0
         self.entries: dict[str, _Entry] = {}
         #: status requests started, and answered (or failed) so far
         self.requests = 0
@@ -455,7 +477,11 @@ class SharedPoller:
                 started = 0
                 await self._sleep(wait, for_due=False)
                 continue
-            entry = self.entries[heapq.heappop(heap)[2]]
+            due, _, pid = heapq.heappop(heap)
+            entry = self.entries[pid]
+            started += 1
+            if now - due > entry.interval and self._put_off(entry, now):  # behind schedule
+                continue
             entry.in_flight = True
             self._in_flight += 1
             self.requests += 1
@@ -463,7 +489,23 @@ class SharedPoller:
             task = loop.create_task(self._poll(entry, now, epoch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            started += 1
+
+    def _put_off(self, entry: _Entry, now: float) -> bool:
+        """
+        Put off a late poll of a prediction that cannot have ended yet, to when it could have (see
+        :class:`~airflow_provider_cometflux.pacing.RunTimes`); say whether it was.
+        """
+        if entry.created is None:
+            return False
+        end = self.run_times.earliest_end(entry.model, entry.created)
+        if end is None:
+            return False
+        wait = end - time.time()
+        if wait <= COALESCE:
+            return False
+        self._schedule(entry, now + wait)
+        self.put_off += 1
+        return True
 
     def _measure_turn(self) -> None:
         """Count an answer handled in this turn of the loop; the first one of a turn starts measuring the turn."""
@@ -523,6 +565,14 @@ class SharedPoller:
             for watcher in list(entry.watchers):
                 self._finish(watcher, exc)
 
+    def _note_times(self, entry: _Entry, prediction: Prediction) -> None:
+        """Keep a prediction's creation time and model from its first answer, and its run time once it ended."""
+        if entry.created is None:
+            entry.created = prediction.epoch("created_at")
+            entry.model = str(prediction.raw.get("model") or "")
+        completed = prediction.epoch("completed_at") if prediction.is_terminal else None
+        self.run_times.noted(entry.model, entry.created, completed, time.time())
+
     def _answered(self, entry: _Entry, started: float, epoch: int, result: Prediction | BaseException) -> None:
         now = self.loop.time()
         live = self.entries.get(entry.pid) is entry
@@ -541,6 +591,8 @@ class SharedPoller:
             self.budget.answered(now, started)
             if not live:
                 return
+            if entry.created is None or result.is_terminal:
+                self._note_times(entry, result)
             if result.is_terminal:
                 for watcher in list(entry.watchers):
                     self._finish(watcher, result)

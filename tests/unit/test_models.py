@@ -7,7 +7,14 @@ import logging
 import pytest
 
 from airflow_provider_cometflux.exceptions import CometFluxInputError
-from airflow_provider_cometflux.models import Prediction, build_input, normalize_output, split_model, validate_input
+from airflow_provider_cometflux.models import (
+    Prediction,
+    build_input,
+    normalize_output,
+    parse_time,
+    split_model,
+    validate_input,
+)
 from tests.conftest import prediction_json
 
 
@@ -155,3 +162,21 @@ def test_an_overridden_count_is_logged_without_the_image_data(caplog):
         )
     assert "input.input_images" in caplog.text and "'data_uri': True" in caplog.text
     assert "base64" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-12-08T02:30:00.500000Z", 1796697000.5),
+        ("2026-12-08T03:30:00.500000+01:00", 1796697000.5),
+        ("2026-12-08T02:30:00.5", 1796697000.5),  # naive: UTC
+        ("", None),
+        ("yesterday", None),
+        (None, None),
+        (17, None),
+    ],
+)
+def test_prediction_timestamps_in_unix_seconds(value, expected):
+    assert Prediction({"id": "p", "created_at": value}).epoch("created_at") == expected
+    assert Prediction({"id": "p"}).epoch("completed_at") is None
+    assert (parse_time(value) is None) is (expected is None)

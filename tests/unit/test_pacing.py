@@ -8,10 +8,13 @@ import itertools
 import pytest
 
 from airflow_provider_cometflux.pacing import (
+    CLOCK_TOLERANCE,
+    RUN_TIMES_KEPT,
     Pacer,
     Pause,
     RequestBudget,
     RetryPolicy,
+    RunTimes,
     is_retryable_status,
     parse_retry_after,
     poll_delays,
@@ -249,3 +252,51 @@ def test_budget_a_stray_refusal_starts_slow_and_grows_back_fast():
             budget.held_back(now)
         now += 0.001
     assert budget.rate is not None and budget.rate > 8  # exponential (0.5 to 9.6 in 9.5 s): soon forgotten
+
+
+# -- run times: which late polls can wait ------------------------------------------------------------------------
+
+
+def test_run_times_know_nothing_until_a_run_of_the_model_ended():
+    runs = RunTimes()
+    assert runs.earliest_end("m", 100.0) is None
+    runs.noted("m", 100.0, None, 105.0)  # still running: nothing learnt
+    assert runs.earliest_end("m", 100.0) is None
+    runs.noted("m", 100.0, 108.0, 109.0)
+    assert runs.earliest_end("m", 200.0) == 208.0
+    assert runs.earliest_end("other", 200.0) is None  # per model
+
+
+def test_run_times_keep_the_shortest_recent_run_a_fast_failure_included():
+    runs = RunTimes()
+    runs.noted("m", 0.0, 8.0, 9.0)
+    runs.noted("m", 0.0, 1.5, 9.0)  # a failure after 1.5 s sets the bar
+    runs.noted("m", 0.0, 9.0, 9.5)
+    assert runs.earliest_end("m", 10.0) == 11.5
+    for _ in range(RUN_TIMES_KEPT):  # only the most recent runs count
+        runs.noted("m", 0.0, 8.0, 9.0)
+    assert runs.earliest_end("m", 10.0) == 18.0
+
+
+def test_run_times_ignore_a_run_without_both_ends_or_ending_before_it_began():
+    runs = RunTimes()
+    runs.noted("m", None, 8.0, 9.0)
+    runs.noted("m", 5.0, 4.0, 9.0)
+    assert runs.earliest_end("m", 10.0) is None
+
+
+def test_a_service_clock_ahead_of_ours_stops_every_estimate():
+    runs = RunTimes()
+    runs.noted("m", 0.0, 8.0, 9.0)
+    runs.noted("m", 20.0 + CLOCK_TOLERANCE + 0.5, None, 20.0)  # created "in the future"
+    assert not runs.clocks_agree
+    assert runs.earliest_end("m", 10.0) is None
+    runs.noted("m", 0.0, 8.0, 9.0)
+    assert runs.earliest_end("m", 10.0) is None  # for good: nothing is put off any more
+
+
+def test_a_service_clock_a_little_ahead_or_behind_is_tolerated():
+    runs = RunTimes()
+    runs.noted("m", 10.0 + CLOCK_TOLERANCE - 0.1, None, 10.0)
+    runs.noted("m", 0.0, 8.0, 30.0)  # behind: polls only come earlier than needed
+    assert runs.clocks_agree and runs.earliest_end("m", 10.0) == 18.0
