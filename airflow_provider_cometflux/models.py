@@ -114,6 +114,9 @@ def normalize_output(output: object) -> list[str]:
     return urls
 
 
+_FRACTION_RE = re.compile(r"(?<=:\d\d)\.(\d+)")
+
+
 def parse_time(value: Any) -> datetime | None:
     """
     A service timestamp as an aware datetime: ISO 8601 with ``Z`` or an offset (a naive one is read as UTC).
@@ -125,8 +128,10 @@ def parse_time(value: Any) -> datetime | None:
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if not isinstance(value, str) or not value:
         return None
+    # Python 3.10 reads 0, 3 or 6 digits of a second's fraction only: make it 6
+    text = _FRACTION_RE.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.replace("Z", "+00:00"), count=1)
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
