@@ -99,6 +99,10 @@ TURN_TARGET = 0.01
 BUSY_PERIOD = 0.25
 #: The share of a period the loop's thread spent on a CPU above which the window stays shut.
 BUSY_LIMIT = 0.9
+#: Seconds after the moment a prediction could have ended that its put-off poll comes (:meth:`SharedPoller._put_off`):
+#: polls due within :data:`COALESCE` start together, so one put off to that very moment could ask a hair too early,
+#: find the prediction still running, and see it done only a ``poll_interval`` later.
+PUT_OFF_MARGIN = 0.05
 #: Whether the first poller of a process freezes the objects alive then (see the module's docstring).
 FREEZE_HEAP_AT_START = True
 
@@ -500,7 +504,7 @@ class SharedPoller:
         end = self.run_times.earliest_end(entry.model, entry.created)
         if end is None:
             return False
-        wait = end - time.time()
+        wait = end + PUT_OFF_MARGIN - time.time()
         if wait <= COALESCE:
             return False
         self._schedule(entry, now + wait)
