@@ -513,7 +513,6 @@ class RunTimes:
 
     def __init__(self) -> None:
         self._runs: dict[str, deque[float]] = {}
-        self._shortest: dict[str, float] = {}
         #: whether the service's timestamps have all been readable against our clock so far
         self.clocks_agree = True
 
@@ -531,7 +530,6 @@ class RunTimes:
         if max(created or -math.inf, completed or -math.inf) > now + CLOCK_TOLERANCE:
             self.clocks_agree = False
             self._runs.clear()
-            self._shortest.clear()
             log.info("The service's clock runs ahead of this machine's: polls behind schedule are not put off.")
             return
         if created is None or completed is None or completed < created:
@@ -540,7 +538,6 @@ class RunTimes:
         if runs is None:
             runs = self._runs[model] = deque(maxlen=RUN_TIMES_KEPT)
         runs.append(completed - created)
-        self._shortest[model] = min(runs)
 
     def earliest_end(self, model: str, created: float) -> float | None:
         """
@@ -550,7 +547,7 @@ class RunTimes:
         :param created: its ``created_at``, in Unix seconds.
         :return: the time, or ``None`` when nothing is known (no ended run of the model, or clocks that disagree).
         """
-        shortest = self._shortest.get(model)
-        if shortest is None or not self.clocks_agree:
+        runs = self._runs.get(model)
+        if not runs or not self.clocks_agree:
             return None
-        return created + shortest
+        return created + min(runs)

@@ -117,10 +117,14 @@ class _Server:
             )
 
     def stop(self) -> None:
-        """Close its stdin (it ends itself then) and reap it."""
+        """Tell it to end and reap it."""
+        self.tell_to_end()
+        self.reap(10)
+
+    def tell_to_end(self) -> None:
+        """Close its stdin: it ends itself then."""
         with contextlib.suppress(OSError):
             self.stdin.close()
-        self.reap(10)
 
     def reap(self, timeout: float) -> None:
         """Wait for it to end; past ``timeout``, kill it. Either way it is reaped."""
@@ -143,8 +147,7 @@ def stop_servers() -> None:
     servers = list(_servers.values())
     _servers.clear()
     for server in servers:
-        with contextlib.suppress(OSError):
-            server.stdin.close()
+        server.tell_to_end()
     deadline = time.monotonic() + 10
     for server in servers:
         server.reap(deadline - time.monotonic())

@@ -571,6 +571,8 @@ class SharedPoller:
 
     def _note_times(self, entry: _Entry, prediction: Prediction) -> None:
         """Keep a prediction's creation time and model from its first answer, and its run time once it ended."""
+        if entry.created is not None and not prediction.is_terminal:
+            return  # learnt already, nothing new until it ends
         if entry.created is None:
             entry.created = prediction.epoch("created_at")
             entry.model = str(prediction.raw.get("model") or "")
@@ -595,8 +597,7 @@ class SharedPoller:
             self.budget.answered(now, started)
             if not live:
                 return
-            if entry.created is None or result.is_terminal:
-                self._note_times(entry, result)
+            self._note_times(entry, result)
             if result.is_terminal:
                 for watcher in list(entry.watchers):
                     self._finish(watcher, result)
